@@ -1,0 +1,371 @@
+"""The statistics of a dataset: an immutable value with an exact merge algebra.
+
+:class:`Stats` holds, per feature, ``count``, ``nan_count``, ``mean``, ``m2``
+(sum of squared deviations from the mean), ``min``, ``max``; optionally an
+exact 256-bin histogram (8-bit input) and, for integer input, the exact integer
+sums from which ``mean`` and ``m2`` are rounded once. Merging two ``Stats``
+gives what one pass over both inputs would have given: bit for bit for integer
+input, to about 1e-15 relative for floats (Chan, Golub and LeVeque's update).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from .errors import IncompatibleStatsError, StreamnormError
+
+__all__ = ["Stats", "chan_merge", "exact_moments", "HISTOGRAM_BINS"]
+
+HISTOGRAM_BINS = 256
+INTEGER_KINDS = frozenset("biu")
+
+
+def chan_merge(
+    n_a: np.ndarray,
+    mean_a: np.ndarray,
+    m2_a: np.ndarray,
+    n_b: np.ndarray,
+    mean_b: np.ndarray,
+    m2_b: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge two sets of moments (Chan, Golub and LeVeque, 1979).
+
+    ``d = mB - mA; m = mA + d*nB/n; M2 = M2A + M2B + d*d*nA*nB/n``, elementwise,
+    with empty sides (``n == 0``) passing the other side through unchanged.
+
+    Examples
+    --------
+    >>> n, m, m2 = chan_merge(np.array([2.]), np.array([1.]), np.array([2.]),
+    ...                       np.array([2.]), np.array([5.]), np.array([2.]))
+    >>> float(m[0]), float(m2[0])
+    (3.0, 20.0)
+    """
+    n_a = np.asarray(n_a, dtype=np.float64)
+    n_b = np.asarray(n_b, dtype=np.float64)
+    n = n_a + n_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = mean_b - mean_a
+        frac_b = np.where(n > 0, n_b / np.where(n > 0, n, 1.0), 0.0)
+        mean = np.where(n_a == 0, mean_b, np.where(n_b == 0, mean_a, mean_a + delta * frac_b))
+        cross = delta * delta * (n_a * frac_b)
+        m2 = np.where(n_a == 0, m2_b, np.where(n_b == 0, m2_a, m2_a + m2_b + cross))
+    return n, mean, m2
+
+
+def exact_moments(count: int, total: int, total_sq: int) -> tuple[float, float]:
+    """Mean and M2 of integers from their exact sums, each rounded once.
+
+    ``M2 = sum(x**2) - sum(x)**2 / n`` is exact in rational arithmetic, so the
+    only rounding is the final conversion to float64.
+
+    Examples
+    --------
+    >>> exact_moments(3, 6, 14)   # 1, 2, 3
+    (2.0, 2.0)
+    """
+    if count == 0:
+        return float("nan"), 0.0
+    mean = Fraction(total, count)
+    m2 = Fraction(count * total_sq - total * total, count)
+    return float(mean), float(m2)
+
+
+def _readonly(values: Any, dtype: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    arr = np.array(values, dtype=dtype, copy=True)
+    if arr.shape != shape:
+        raise StreamnormError(f"Stats.{name} must have shape {shape}, got {arr.shape}")
+    arr.setflags(write=False)
+    return arr
+
+
+def _same_bits(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return a.tobytes() == b.tobytes()
+
+
+@dataclass(frozen=True, eq=False)
+class Stats:
+    """Per-feature statistics of a dataset (or of one split of it).
+
+    Build one with :class:`~streamnorm.StatsAccumulator` or
+    :func:`~streamnorm.compute_stats`; load one with
+    :meth:`~streamnorm.StatsStore.load`.
+
+    Parameters
+    ----------
+    layout : str
+        Layout of the batches the statistics came from (``"NCHW"``...).
+    feature_names : sequence of str
+        One name per feature.
+    dtype : str
+        numpy name of the source dtype (``"uint8"``, ``"float32"``...).
+    count, nan_count : array of int64, shape (F,)
+        Values that entered the statistics; non-finite values met.
+    mean, m2, min, max : array of float64, shape (F,)
+        ``m2`` is the sum of squared deviations from the mean.
+    histogram : array of int64, shape (F, 256), optional
+        Exact counts per value for 8-bit input (bin ``b`` holds value
+        ``b - 128`` for int8, ``b`` otherwise).
+    int_sum, int_sumsq : tuple of int, optional
+        Exact ``sum(x)`` and ``sum(x**2)`` for integer input.
+
+    Notes
+    -----
+    ``var``/``std`` use ``ddof=0`` like numpy and scikit-learn;
+    :meth:`variance` takes any ``ddof``. A feature with ``count == 0`` has NaN
+    ``mean``, ``min`` and ``max``.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> x = np.arange(12, dtype=np.uint8).reshape(4, 3)
+    >>> s = sn.compute_stats([x[:2], x[2:]], layout="NF")
+    >>> s.mean.tolist(), s.max.tolist()
+    ([4.5, 5.5, 6.5], [9.0, 10.0, 11.0])
+    >>> (s + s).count.tolist()
+    [8, 8, 8]
+    """
+
+    layout: str
+    feature_names: tuple[str, ...]
+    dtype: str
+    count: np.ndarray
+    nan_count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    histogram: np.ndarray | None = None
+    int_sum: tuple[int, ...] | None = None
+    int_sumsq: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        names = tuple(str(n) for n in self.feature_names)
+        nf = len(names)
+        if len(set(names)) != nf:
+            raise StreamnormError(f"feature names must be unique, got {list(names)}")
+        set_ = object.__setattr__
+        set_(self, "feature_names", names)
+        set_(self, "layout", str(self.layout))
+        set_(self, "dtype", np.dtype(self.dtype).name)
+        for field in ("count", "nan_count"):
+            set_(self, field, _readonly(getattr(self, field), np.int64, (nf,), field))
+        for field in ("mean", "m2", "min", "max"):
+            set_(self, field, _readonly(getattr(self, field), np.float64, (nf,), field))
+        if self.histogram is not None:
+            set_(
+                self,
+                "histogram",
+                _readonly(self.histogram, np.int64, (nf, HISTOGRAM_BINS), "histogram"),
+            )
+        if (self.int_sum is None) != (self.int_sumsq is None):
+            raise StreamnormError("int_sum and int_sumsq must be given together")
+        if self.int_sum is not None:
+            for field in ("int_sum", "int_sumsq"):
+                values = tuple(int(v) for v in getattr(self, field))
+                if len(values) != nf:
+                    raise StreamnormError(f"Stats.{field} must have {nf} values")
+                set_(self, field, values)
+
+    # -- derived values -------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        """Number of features (channels, columns)."""
+        return len(self.feature_names)
+
+    @property
+    def is_exact(self) -> bool:
+        """True when exact integer sums back ``mean`` and ``m2``."""
+        return self.int_sum is not None
+
+    def variance(self, ddof: int = 0) -> np.ndarray:
+        """``m2 / (count - ddof)``; NaN where ``count <= ddof``.
+
+        Examples
+        --------
+        >>> import numpy as np, streamnorm as sn
+        >>> s = sn.compute_stats([np.array([[1.0], [2.0], [4.0]])], layout="NF")
+        >>> float(s.variance(ddof=1)[0]) == float(np.var([1, 2, 4], ddof=1))
+        True
+        """
+        if ddof < 0:
+            raise StreamnormError(f"ddof must be >= 0, got {ddof}")
+        denom = self.count.astype(np.float64) - ddof
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, self.m2 / np.where(denom > 0, denom, 1.0), np.nan)
+
+    @property
+    def var(self) -> np.ndarray:
+        """Population variance (``ddof=0``), float64[F]."""
+        return self.variance(0)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation (``ddof=0``), float64[F]."""
+        return np.sqrt(self.var)
+
+    @property
+    def histogram_offset(self) -> int:
+        """Value held by histogram bin 0 (-128 for int8, 0 otherwise)."""
+        return -128 if self.dtype == "int8" else 0
+
+    def quantile(self, q: float | Sequence[float] | np.ndarray) -> np.ndarray:
+        """Exact quantiles from the histogram, as ``numpy.quantile`` computes them.
+
+        Matches numpy's default ``"linear"`` method on the same data.
+
+        Parameters
+        ----------
+        q : float or sequence of float
+            Quantile(s) in [0, 1].
+
+        Returns
+        -------
+        numpy.ndarray
+            float64[F] for a scalar ``q``; float64[len(q), F] otherwise.
+
+        Raises
+        ------
+        StreamnormError
+            When the statistics have no histogram (accumulate 8-bit data with
+            ``histogram=True``) or ``q`` is outside [0, 1].
+        """
+        if self.histogram is None:
+            raise StreamnormError(
+                "these statistics carry no histogram, so quantiles are unknown; accumulate "
+                "8-bit data with StatsAccumulator(..., histogram=True)"
+            )
+        qs = np.asarray(q, dtype=np.float64)
+        if qs.ndim > 1 or np.any(~((qs >= 0) & (qs <= 1))):
+            raise StreamnormError(f"quantiles must be in [0, 1], got {q!r}")
+        flat = np.atleast_1d(qs)
+        out = np.full((flat.size, self.n_features), np.nan)
+        offset = float(self.histogram_offset)
+        for f in range(self.n_features):
+            hist = self.histogram[f]
+            n = int(hist.sum())
+            if n == 0:
+                continue
+            cum = np.cumsum(hist)
+            virtual = (n - 1) * flat
+            prev = np.floor(virtual)
+            gamma = virtual - prev
+            prev_i = prev.astype(np.int64)
+            next_i = np.minimum(prev_i + 1, n - 1)
+            a = np.searchsorted(cum, prev_i, side="right").astype(np.float64) + offset
+            b = np.searchsorted(cum, next_i, side="right").astype(np.float64) + offset
+            diff = b - a
+            # numpy's _lerp: evaluate from the nearer end for monotonicity.
+            res = a + diff * gamma
+            hi = gamma >= 0.5
+            res[hi] = (b - diff * (1 - gamma))[hi]
+            out[:, f] = res
+        return out[0] if qs.ndim == 0 else out
+
+    @property
+    def median(self) -> np.ndarray:
+        """Exact median per feature (needs the histogram)."""
+        return self.quantile(0.5)
+
+    @property
+    def iqr(self) -> np.ndarray:
+        """Exact interquartile range per feature (needs the histogram)."""
+        q1, q3 = self.quantile([0.25, 0.75])
+        return q3 - q1
+
+    # -- algebra -------------------------------------------------------
+    def _check_mergeable(self, other: Stats) -> None:
+        if not isinstance(other, Stats):
+            raise IncompatibleStatsError(f"cannot merge Stats with {type(other).__name__}")
+        if self.layout != other.layout:
+            raise IncompatibleStatsError(
+                f"cannot merge statistics of layout {self.layout!r} with {other.layout!r}"
+            )
+        if self.feature_names != other.feature_names:
+            raise IncompatibleStatsError(
+                f"cannot merge statistics of different features: {list(self.feature_names)[:8]} "
+                f"vs {list(other.feature_names)[:8]}"
+            )
+        if (self.histogram is None) != (other.histogram is None):
+            raise IncompatibleStatsError(
+                "cannot merge statistics with a histogram and statistics without one; "
+                "accumulate both with the same histogram setting"
+            )
+        if self.histogram is not None and self.histogram_offset != other.histogram_offset:
+            raise IncompatibleStatsError(
+                f"cannot merge histograms of {self.dtype} and {other.dtype} data"
+            )
+
+    def merge(self, other: Stats) -> Stats:
+        """Statistics of both inputs together, as one pass over both would give.
+
+        Integer statistics merge exactly (bit-identical in any order); float
+        statistics by Chan's update. Layout and feature names must match.
+        """
+        self._check_mergeable(other)
+        count = self.count + other.count
+        nan_count = self.nan_count + other.nan_count
+        dtype = np.promote_types(self.dtype, other.dtype).name
+        histogram = None if self.histogram is None else self.histogram + other.histogram
+        lo = np.where(self.count == 0, other.min, np.where(other.count == 0, self.min,
+                                                          np.minimum(self.min, other.min)))
+        hi = np.where(self.count == 0, other.max, np.where(other.count == 0, self.max,
+                                                          np.maximum(self.max, other.max)))
+        if self.int_sum is not None and other.int_sum is not None:
+            int_sum = tuple(a + b for a, b in zip(self.int_sum, other.int_sum))
+            int_sumsq = tuple(a + b for a, b in zip(self.int_sumsq, other.int_sumsq))
+            moments = [exact_moments(int(n), s, q) for n, s, q in zip(count, int_sum, int_sumsq)]
+            mean = np.array([m for m, _ in moments], dtype=np.float64)
+            m2 = np.array([v for _, v in moments], dtype=np.float64)
+        else:
+            int_sum = int_sumsq = None
+            _, mean, m2 = chan_merge(self.count, self.mean, self.m2,
+                                     other.count, other.mean, other.m2)
+        return Stats(
+            layout=self.layout, feature_names=self.feature_names, dtype=dtype,
+            count=count, nan_count=nan_count, mean=mean, m2=m2, min=lo, max=hi,
+            histogram=histogram, int_sum=int_sum, int_sumsq=int_sumsq,
+        )
+
+    def __add__(self, other: Stats) -> Stats:
+        return self.merge(other)
+
+    def __radd__(self, other: Any) -> Stats:
+        if other == 0:  # lets sum([s1, s2, ...]) work
+            return self
+        return NotImplemented
+
+    def equals(self, other: object) -> bool:
+        """True when every field is identical, bit for bit (NaNs included)."""
+        if not isinstance(other, Stats):
+            return False
+        return (
+            self.layout == other.layout
+            and self.feature_names == other.feature_names
+            and self.dtype == other.dtype
+            and all(_same_bits(getattr(self, f), getattr(other, f)) for f in
+                    ("count", "nan_count", "mean", "m2", "min", "max", "histogram"))
+            and self.int_sum == other.int_sum
+            and self.int_sumsq == other.int_sumsq
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return self.equals(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Stats(layout={self.layout!r}, dtype={self.dtype!r}, n_features={self.n_features}, "
+            f"count={self.count.tolist()[:4]}, mean={np.round(self.mean, 6).tolist()[:4]}, "
+            f"std={np.round(self.std, 6).tolist()[:4]}"
+            f"{', histogram' if self.histogram is not None else ''})"
+        )

@@ -1,0 +1,1225 @@
+"""Offline readers: Parquet files, image files and ``.npy`` arrays, cut into shards.
+
+A *source* is what a user points ``streamnorm compute`` at: files, folders,
+globs or fsspec URLs. :func:`open_source` resolves them once and cuts the data
+into :class:`Shard` objects: a range of row groups of one Parquet file, a run
+of image files, or a range of rows of one ``.npy`` file. A shard is a small,
+picklable value (URLs, sizes, versions, read options and the storage options,
+all explicit), so it can be read in this process, in a process pool or on a
+Dask worker; :meth:`Shard.compute` returns its partial :class:`~streamnorm.Stats`
+and the engine merges the partials.
+
+What each kind of file becomes
+------------------------------
+Parquet (``.parquet``, ``.pq``, ``.parq``)
+    Numeric columns (every integer and floating-point column unless
+    ``columns=`` names some; booleans only when named) -> layout ``NF``, one
+    feature per column, named after it. Columns are read record batch by
+    record batch and handed to the kernels without a copy where Arrow's buffer
+    is a plain numpy array (no nulls, fixed-width type). Nulls are non-finite
+    values under ``nan_policy``: in floating-point columns they become NaN; in
+    integer columns they are skipped and counted in ``nan_count`` under
+    ``"omit"``, and are an error under ``"raise"`` and ``"propagate"``
+    (integer statistics are exact sums, which cannot hold a NaN; omit them or
+    cast the column to float).
+    One *tensor column* may be selected instead: a fixed-size list (nested
+    fixed-size lists, or Arrow's ``fixed_shape_tensor``) per row. A flat list
+    of ``k`` values gives ``k`` features named ``col[0]``... (layout ``NF``);
+    higher-rank tensors need ``layout=`` (e.g. ``"NCHW"``).
+    ``image_column=`` decodes a binary column of encoded PNG/JPEG images (or a
+    Hugging Face ``struct<bytes, path>`` image column) -> ``NHWC`` uint8.
+Images (``.png``, ``.jpg``, ``.jpeg``; folders searched recursively, so
+ImageFolder-style class folders work)
+    Decoded with Pillow to 8-bit ``NHWC``. ``image_mode="RGB"`` (default)
+    converts grayscale, palette and CMYK images to RGB (a gray value is
+    repeated in the three channels) and *drops* the alpha channel of RGBA/LA
+    images (no compositing). ``image_mode="L"`` gives one luma channel
+    (ITU-R 601-2 for colour images). 16-bit and floating-point images are
+    rejected rather than silently clipped to 8 bits; store those as ``.npy``.
+``.npy``
+    Memory-mapped (``allow_pickle=False``); ``layout=`` says what the array
+    holds (default ``"N"`` for 1-D, ``"NF"`` for 2-D arrays). Shards are row
+    ranges along the first axis. Remote ``.npy`` files are read by range
+    requests instead.
+
+Hidden files and folders (names starting with ``.`` or ``_``, e.g.
+``_SUCCESS``) are skipped inside folders, as pyarrow datasets do.
+
+Examples
+--------
+>>> import tempfile, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+>>> from streamnorm.sources import open_source
+>>> d = tempfile.mkdtemp()
+>>> pq.write_table(pa.table({"x": np.arange(10.0), "y": np.arange(10)}), f"{d}/t.parquet")
+>>> src = open_source([d])
+>>> src.kind, src.layout, src.feature_names, len(src.shards)
+('parquet', 'NF', ('x', 'y'), 1)
+>>> src.shards[0].compute().stats.mean.tolist()
+[4.5, 4.5]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import DTypeError, LayoutError, NonFiniteError, StreamnormError
+from .layout import parse_layout
+from .stats import Stats
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "NPY_SUFFIXES",
+    "PARQUET_SUFFIXES",
+    "BadRecordError",
+    "FileInfo",
+    "Shard",
+    "ShardResult",
+    "Source",
+    "SourceError",
+    "concat_features",
+    "open_source",
+]
+
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+NPY_SUFFIXES = (".npy",)
+KINDS = ("parquet", "image", "npy")
+IMAGE_MODES = ("RGB", "L")
+
+#: Default size of one Parquet shard (compressed bytes of whole row groups).
+DEFAULT_SHARD_BYTES = 64 * 2**20
+#: Default number of image files per shard.
+DEFAULT_IMAGES_PER_SHARD = 256
+#: Default rows per Parquet record batch.
+DEFAULT_BATCH_ROWS = 65536
+#: Target size of one chunk read from a ``.npy`` file.
+NPY_CHUNK_BYTES = 16 * 2**20
+
+_MAGIC = {
+    b"PAR1": "parquet",
+    b"\x89PNG": "image",
+    b"\xff\xd8\xff": "image",
+    b"\x93NUMPY": "npy",
+}
+_GLOB_CHARS = frozenset("*?[")
+
+
+class SourceError(StreamnormError, OSError):
+    """A source cannot be read: missing path, unreadable or malformed file, bad columns."""
+
+
+class BadRecordError(SourceError):
+    """One record (an image file, an encoded image in a row) cannot be decoded.
+
+    ``where`` names the record (a path, or ``path row N``); ``reason`` says why.
+    ``skip_bad=True`` skips such records and counts them instead of raising.
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: cannot decode image ({reason})")
+        self.where = where
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep it picklable across processes
+        return (type(self), (self.where, self.reason))
+
+
+# ---------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file of a source: its URL, size in bytes and version (mtime or ETag)."""
+
+    url: str
+    size: int
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": self.url, "size": self.size, "version": self.version}
+
+
+def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """The one place where a URL and its storage options become a filesystem."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"{url}: cannot open this URL ({_one_line(exc)})") from exc
+
+
+def _version(info: Mapping[str, Any]) -> str:
+    for key in ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "created"):
+        value = info.get(key)
+        if value is not None:
+            return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return ""
+
+
+def _display(url: str) -> str:
+    return url.removeprefix("file://")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _kind_of_name(name: str) -> str | None:
+    lower = name.lower()
+    if lower.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if lower.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if lower.endswith(NPY_SUFFIXES):
+        return "npy"
+    return None
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
+
+
+def _sniff(fs: Any, path: str, url: str) -> str:
+    try:
+        with fs.open(path, "rb") as f:
+            head = f.read(8)
+    except (OSError, PermissionError) as exc:
+        raise SourceError(f"{_display(url)}: cannot read file ({_one_line(exc)})") from exc
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    raise SourceError(
+        f"{_display(url)}: not a Parquet, PNG/JPEG or .npy file; pass Parquet files, "
+        f"image files or .npy arrays (or folders holding them)"
+    )
+
+
+def resolve_files(
+    paths: str | Sequence[str], storage_options: Mapping[str, Any] | None = None
+) -> list[tuple[str, FileInfo]]:
+    """Expand files, folders, globs and URLs into ``(kind, FileInfo)`` pairs.
+
+    Folders are searched recursively for known suffixes; explicitly named
+    files of another suffix are recognized by their magic bytes.
+
+    Raises
+    ------
+    SourceError
+        For paths that do not exist, globs that match nothing, folders with no
+        data files and files of an unknown type.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise SourceError("no source given; pass Parquet files, image files or folders, or .npy")
+    out: dict[str, tuple[str, FileInfo]] = {}
+    for raw in paths:
+        raw = os.fspath(raw)
+        fs, path = _fs(raw, storage_options)
+        try:
+            if any(ch in _GLOB_CHARS for ch in path):
+                found = fs.glob(path, detail=True)
+                if not found:
+                    raise SourceError(f"{raw}: no file matches this pattern")
+                candidates = []
+                for p, info in sorted(found.items()):
+                    if info.get("type") == "directory":
+                        candidates.extend(_walk(fs, p, raw))
+                    else:
+                        candidates.append((p, info, _kind_of_name(p)))
+            elif fs.isdir(path):
+                candidates = _walk(fs, path, raw)
+                if not candidates:
+                    raise SourceError(
+                        f"{raw}: this folder holds no Parquet (.parquet), image (.png, .jpg) "
+                        f"or .npy files"
+                    )
+            elif fs.exists(path):
+                candidates = [(path, fs.info(path), _kind_of_name(path))]
+            else:
+                raise SourceError(f"{raw}: no such file or directory")
+        except (PermissionError, OSError) as exc:
+            if isinstance(exc, StreamnormError):
+                raise
+            raise SourceError(f"{raw}: cannot list ({_one_line(exc)})") from exc
+        for p, info, kind in candidates:
+            url = fs.unstrip_protocol(p)
+            if kind is None:
+                kind = _sniff(fs, p, url)
+            out[url] = (kind, FileInfo(url, int(info.get("size") or 0), _version(info)))
+    return [out[url] for url in sorted(out)]
+
+
+def _walk(fs: Any, root: str, raw: str) -> list[tuple[str, dict[str, Any], str | None]]:
+    found = fs.find(root, detail=True)
+    result = []
+    base = root.rstrip("/")
+    for p, info in sorted(found.items()):
+        rel = p.removeprefix(base)
+        kind = _kind_of_name(p)
+        if kind is None or _hidden(rel):
+            continue
+        result.append((p, info, kind))
+    return result
+
+
+# ---------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What :meth:`Shard.compute` returns: a partial result for one shard.
+
+    Attributes
+    ----------
+    shard_id : str
+    stats : Stats or None
+        ``None`` when the shard held no data (empty row groups, every image skipped).
+    rows : int
+        Rows (tables, arrays) or images read.
+    nbytes : int
+        Bytes of files read (compressed, as stored), for throughput.
+    skipped : tuple of (str, str)
+        Records skipped under ``skip_bad=True``: ``(where, reason)``.
+    """
+
+    shard_id: str
+    stats: Stats | None
+    rows: int = 0
+    nbytes: int = 0
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def concat_features(parts: Sequence[Stats], layout: str = "NF") -> Stats:
+    """Side-by-side concatenation of single- or multi-feature statistics.
+
+    The statistics of a table are those of its columns next to each other:
+    computing each column on its own lets it keep its own dtype (and its exact
+    integer path) and read its Arrow buffer without a copy.
+
+    The result's ``dtype`` is the common numpy type of the parts; exact integer
+    sums are kept when every part has them.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> a = sn.compute_stats([np.arange(4).reshape(4, 1)], layout="NF", feature_names=["a"])
+    >>> b = sn.compute_stats([np.ones((4, 1))], layout="NF", feature_names=["b"])
+    >>> s = concat_features([a, b])
+    >>> s.feature_names, s.dtype, s.mean.tolist()
+    (('a', 'b'), 'float64', [1.5, 1.0])
+    """
+    if not parts:
+        raise StreamnormError("concat_features needs at least one Stats")
+    if len(parts) == 1 and parts[0].layout == layout:
+        return parts[0]
+    dtype = np.result_type(*[np.dtype(p.dtype) for p in parts]).name
+    hists = [p.histogram for p in parts]
+    if any(h is None for h in hists):
+        histogram = None
+    else:
+        offsets = {p.histogram_offset for p in parts}
+        if len(offsets) > 1:
+            raise DTypeError(
+                "histograms of int8 and uint8 columns cannot share one statistics file; "
+                "select columns of one 8-bit type, or drop histogram=True"
+            )
+        histogram = np.concatenate(hists, axis=0)
+        if np.dtype(dtype).itemsize != 1:
+            dtype = parts[0].dtype
+    exact = all(p.int_sum is not None for p in parts)
+    return Stats(
+        layout=layout,
+        feature_names=tuple(n for p in parts for n in p.feature_names),
+        dtype=dtype,
+        count=np.concatenate([p.count for p in parts]),
+        nan_count=np.concatenate([p.nan_count for p in parts]),
+        mean=np.concatenate([p.mean for p in parts]),
+        m2=np.concatenate([p.m2 for p in parts]),
+        min=np.concatenate([p.min for p in parts]),
+        max=np.concatenate([p.max for p in parts]),
+        histogram=histogram,
+        int_sum=tuple(v for p in parts for v in p.int_sum) if exact else None,
+        int_sumsq=tuple(v for p in parts for v in p.int_sumsq) if exact else None,
+    )
+
+
+def _add_nan(stats: Stats, extra: Sequence[int]) -> Stats:
+    if not any(extra):
+        return stats
+    return replace(stats, nan_count=stats.nan_count + np.asarray(extra, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------
+# shards
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a shard's files are read; plain, picklable, JSON-safe values."""
+
+    layout: str
+    columns: tuple[str, ...] = ()
+    tensor_shape: tuple[int, ...] = ()
+    image_column: str | None = None
+    image_mode: str = "RGB"
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    feature_names: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "layout": self.layout,
+            "columns": list(self.columns),
+            "tensor_shape": list(self.tensor_shape),
+            "image_column": self.image_column,
+            "image_mode": self.image_mode,
+            "batch_rows": self.batch_rows,
+            "feature_names": None if self.feature_names is None else list(self.feature_names),
+        }
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A piece of a source that can be read and reduced on its own, anywhere.
+
+    Parameters
+    ----------
+    kind : {"parquet", "image", "npy"}
+    files : tuple of FileInfo
+        One file (Parquet, ``.npy``) or a run of image files.
+    start, stop : int
+        Row-group range (Parquet) or row range (``.npy``); unused for images.
+    options : ReadOptions
+    storage_options : dict
+        Passed to fsspec wherever the shard is opened (credentials included).
+
+    Examples
+    --------
+    >>> import pickle, tempfile, numpy as np
+    >>> from streamnorm.sources import open_source
+    >>> path = tempfile.mkdtemp() + "/a.npy"
+    >>> np.save(path, np.arange(12.0).reshape(6, 2))
+    >>> shard = open_source([path]).shards[0]
+    >>> pickle.loads(pickle.dumps(shard)) == shard
+    True
+    >>> [b.shape for b in shard.batches()]
+    [(6, 2)]
+    """
+
+    kind: str
+    files: tuple[FileInfo, ...]
+    start: int
+    stop: int
+    options: ReadOptions
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    nbytes: int = 0
+
+    @property
+    def id(self) -> str:
+        """Stable identifier: the same data and cut give the same id in every run."""
+        if self.kind == "image":
+            if len(self.files) == 1:
+                return f"image:{self.files[0].url}"
+            digest = hashlib.sha1("\n".join(f.url for f in self.files).encode()).hexdigest()
+            return f"image:{self.files[0].url}..{self.files[-1].url}#{len(self.files)}:{digest[:12]}"
+        unit = "rg" if self.kind == "parquet" else "rows"
+        return f"{self.kind}:{self.files[0].url}#{unit}={self.start}-{self.stop}"
+
+    @property
+    def where(self) -> str:
+        """Human-readable location for messages."""
+        if self.kind == "image":
+            first = _display(self.files[0].url)
+            return first if len(self.files) == 1 else f"{first} (+{len(self.files) - 1} images)"
+        unit = "row groups" if self.kind == "parquet" else "rows"
+        return f"{_display(self.files[0].url)} ({unit} {self.start}-{self.stop})"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe description: id, kind, files (path, size, version), range."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "files": [f.describe() for f in self.files],
+            "start": self.start,
+            "stop": self.stop,
+        }
+
+    # -- reading -----------------------------------------------------------
+    def batches(self, skip_bad: bool = False) -> Iterator[np.ndarray]:
+        """Iterate the shard's batches as numpy arrays in the source's layout.
+
+        Tables give ``(rows, features)`` arrays (column dtypes promoted to a
+        common type; nulls as NaN, so a batch whose integer column has nulls
+        is float64); images give one ``(1, H, W, C)`` uint8 array each.
+        Undecodable images raise :class:`BadRecordError` unless ``skip_bad``.
+        """
+        if self.kind == "parquet" and self.options.image_column is None:
+            for columns in self._table_batches():
+                if self.options.tensor_shape:
+                    yield self._tensor_values(columns[0], policy="propagate")[0]
+                else:
+                    arrays = [_arrow_to_numpy(col, nulls_as_nan=True) for col in columns]
+                    yield np.column_stack(arrays)
+        elif self.kind == "npy":
+            yield from self._npy_batches()
+        else:
+            for _where, image in self._images(skip_bad, skipped=[]):
+                yield image[None]
+
+    def compute(
+        self,
+        histogram: bool = False,
+        nan_policy: str = "raise",
+        skip_bad: bool = False,
+    ) -> ShardResult:
+        """Reduce the shard to its partial statistics.
+
+        Errors from the kernels (non-finite values, bad dtypes) are re-raised
+        as the same :class:`~streamnorm.StreamnormError` subclass with the
+        shard's file and range prepended.
+        """
+        try:
+            if self.kind == "parquet" and self.options.image_column is None:
+                if self.options.tensor_shape:
+                    return self._compute_tensor(histogram, nan_policy)
+                return self._compute_table(histogram, nan_policy)
+            if self.kind == "npy":
+                return self._compute_npy(histogram, nan_policy)
+            return self._compute_images(histogram, nan_policy, skip_bad)
+        except (SourceError, NonFiniteError) as exc:
+            if isinstance(exc, SourceError) or self.where in str(exc):
+                raise
+            raise _with_where(exc, self.where) from exc
+        except StreamnormError as exc:
+            raise _with_where(exc, self.where) from exc
+
+    # -- Parquet -------------------------------------------------------------
+    def _open_parquet(self) -> Any:
+        import pyarrow.parquet as pq
+
+        info = self.files[0]
+        fs, path = _fs(info.url, self.storage_options)
+        try:
+            if fs.protocol in ("file", "local") or "file" in getattr(fs, "protocol", ()):
+                return pq.ParquetFile(path, memory_map=False)
+            return pq.ParquetFile(fs.open(path, "rb"))
+        except (OSError, ValueError) as exc:
+            raise SourceError(
+                f"{_display(info.url)}: not a readable Parquet file ({_one_line(exc)})"
+            ) from exc
+
+    def _table_batches(self, columns: Sequence[str] | None = None) -> Iterator[list[Any]]:
+        pf = self._open_parquet()
+        names = list(columns if columns is not None else self.options.columns)
+        # A threaded read of an in-memory buffer can abort the interpreter at
+        # exit (apache/arrow #34314), so only files pyarrow opens itself use threads.
+        threaded = _is_local(_fs(self.files[0].url, self.storage_options)[0])
+        try:
+            for rb in pf.iter_batches(
+                batch_size=self.options.batch_rows,
+                row_groups=list(range(self.start, self.stop)),
+                columns=names,
+                use_threads=threaded,
+            ):
+                yield [rb.column(i) for i in range(rb.num_columns)]
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, StreamnormError):
+                raise
+            raise SourceError(
+                f"{self.where}: cannot read Parquet data ({_one_line(exc)})"
+            ) from exc
+        finally:
+            pf.close()
+
+    def _compute_table(self, histogram: bool, nan_policy: str) -> ShardResult:
+        from .accumulate import StatsAccumulator
+
+        names = self.options.columns
+        accs = [
+            StatsAccumulator(layout="NF", feature_names=[n], histogram=histogram,
+                             nan_policy=nan_policy)
+            for n in names
+        ]
+        extra_nan = [0] * len(names)
+        seen = [False] * len(names)
+        dtypes: list[np.dtype | None] = [None] * len(names)
+        rows = 0
+        for columns in self._table_batches():
+            rows += len(columns[0]) if columns else 0
+            for j, col in enumerate(columns):
+                import pyarrow as pa
+
+                if col.null_count and not pa.types.is_floating(col.type):
+                    if nan_policy != "omit":
+                        raise NonFiniteError(
+                            f"{self.where}: column {names[j]!r} ({col.type}) has "
+                            f"{col.null_count} null(s); integer statistics are exact and "
+                            f"cannot hold a missing value under nan_policy={nan_policy!r}; "
+                            f"use nan_policy='omit' (--nan-policy omit) to skip and count "
+                            f"them, or cast the column to float"
+                        )
+                    extra_nan[j] += col.null_count
+                    col = col.drop_null()
+                values = _arrow_to_numpy(col, nulls_as_nan=True)
+                if dtypes[j] is None:
+                    dtypes[j] = values.dtype
+                elif values.dtype != dtypes[j]:
+                    values = values.astype(dtypes[j])
+                if values.size or not seen[j]:
+                    accs[j].update(values.reshape(-1, 1))
+                    seen[j] = True
+        if rows == 0 and not any(seen):
+            return ShardResult(self.id, None, 0, self.nbytes)
+        parts = [_add_nan(acc.result(), [extra]) for acc, extra in zip(accs, extra_nan)]
+        return ShardResult(self.id, concat_features(parts, "NF"), rows, self.nbytes)
+
+    def _tensor_values(self, col: Any, policy: str) -> tuple[np.ndarray, int]:
+        """A tensor column's batch as ``(rows, *shape)`` and the null rows dropped."""
+        import pyarrow as pa
+
+        shape = self.options.tensor_shape
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        if isinstance(col.type, pa.ExtensionType):
+            col = col.storage
+        dropped = 0
+        valid: np.ndarray | None = None
+        if col.null_count:
+            if policy == "omit":
+                dropped = col.null_count
+                col = col.drop_null()
+            else:
+                valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        n_rows = len(col)
+        flat = col
+        for _ in shape:
+            flat = flat.flatten()
+        if flat.null_count and not pa.types.is_floating(flat.type):
+            raise NonFiniteError(
+                f"{self.where}: tensor column {self.options.columns[0]!r} holds null values "
+                f"inside its {flat.type} tensors; fill them or cast the column to float"
+            )
+        values = _arrow_to_numpy(flat, nulls_as_nan=True)
+        if valid is not None:
+            if not np.issubdtype(values.dtype, np.floating):
+                raise NonFiniteError(
+                    f"{self.where}: tensor column {self.options.columns[0]!r} has "
+                    f"{int((~valid).sum())} null row(s); integer statistics cannot hold a "
+                    f"missing value under nan_policy={policy!r}; use nan_policy='omit'"
+                )
+            full = np.full((len(valid), int(np.prod(shape))), np.nan, dtype=values.dtype)
+            full[valid] = values.reshape(-1, full.shape[1])
+            return full.reshape((len(valid), *shape)), 0
+        return values.reshape((n_rows, *shape)), dropped
+
+    def _compute_tensor(self, histogram: bool, nan_policy: str) -> ShardResult:
+        from .accumulate import StatsAccumulator
+
+        acc = StatsAccumulator(layout=self.options.layout,
+                               feature_names=self.options.feature_names,
+                               histogram=histogram, nan_policy=nan_policy)
+        rows = 0
+        dropped = 0
+        seen = False
+        for (col,) in self._table_batches():
+            values, lost = self._tensor_values(col, nan_policy)
+            rows += len(values) + lost
+            dropped += lost
+            if values.size or not seen:
+                acc.update(values)
+                seen = True
+        if not seen:
+            return ShardResult(self.id, None, 0, self.nbytes)
+        stats = acc.result()
+        if dropped:
+            per_feature = int(np.prod(self.options.tensor_shape)) // max(stats.n_features, 1)
+            stats = _add_nan(stats, [dropped * per_feature] * stats.n_features)
+        return ShardResult(self.id, stats, rows, self.nbytes)
+
+    # -- images -------------------------------------------------------------
+    def _images(
+        self, skip_bad: bool, skipped: list[tuple[str, str]]
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        if self.kind == "parquet":
+            yield from self._column_images(skip_bad, skipped)
+            return
+        for info in self.files:
+            where = _display(info.url)
+            try:
+                fs, path = _fs(info.url, self.storage_options)
+                with fs.open(path, "rb") as f:
+                    data = f.read()
+            except (OSError, PermissionError) as exc:
+                if isinstance(exc, StreamnormError):
+                    raise
+                raise SourceError(f"{where}: cannot read file ({_one_line(exc)})") from exc
+            try:
+                yield where, decode_image(data, self.options.image_mode, where)
+            except BadRecordError as exc:
+                if not skip_bad:
+                    raise
+                skipped.append((exc.where, exc.reason))
+
+    def _column_images(
+        self, skip_bad: bool, skipped: list[tuple[str, str]]
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        import pyarrow as pa
+
+        column = self.options.image_column
+        assert column is not None
+        pf = self._open_parquet()
+        first_row = sum(pf.metadata.row_group(i).num_rows for i in range(self.start))
+        pf.close()
+        row = first_row
+        for (col,) in self._table_batches([column]):
+            if pa.types.is_struct(col.type):
+                col = col.field("bytes")
+            for value in col.to_pylist():
+                where = f"{_display(self.files[0].url)} row {row}"
+                row += 1
+                try:
+                    if value is None:
+                        raise BadRecordError(where, "the image value is null")
+                    yield where, decode_image(value, self.options.image_mode, where)
+                except BadRecordError as exc:
+                    if not skip_bad:
+                        raise
+                    skipped.append((exc.where, exc.reason))
+
+    def _compute_images(self, histogram: bool, nan_policy: str, skip_bad: bool) -> ShardResult:
+        from .accumulate import StatsAccumulator
+
+        acc = StatsAccumulator(layout="NHWC", feature_names=self.options.feature_names,
+                               histogram=histogram, nan_policy=nan_policy)
+        skipped: list[tuple[str, str]] = []
+        n = 0
+        for _where, image in self._images(skip_bad, skipped):
+            acc.update(image[None])
+            n += 1
+        stats = acc.result() if n else None
+        return ShardResult(self.id, stats, n, self.nbytes, tuple(skipped))
+
+    # -- .npy ---------------------------------------------------------------
+    def _npy_batches(self) -> Iterator[np.ndarray]:
+        info = self.files[0]
+        fs, path = _fs(info.url, self.storage_options)
+        header = _npy_header(fs, path, info.url)
+        shape, dtype, fortran, offset = header
+        if parse_layout(self.options.layout).feature_axis == 0:
+            # Cutting along the feature axis would split features: one piece.
+            yield _npy_local(path, info.url) if _is_local(fs) else _npy_read_all(fs, path, header)
+            return
+        row_bytes = max(int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize, 1)
+        step = max(1, NPY_CHUNK_BYTES // row_bytes)
+        if _is_local(fs) or fortran:
+            array = _npy_local(path, info.url) if _is_local(fs) else _npy_read_all(fs, path, header)
+            for lo in range(self.start, self.stop, step):
+                yield array[lo:min(lo + step, self.stop)]
+            return
+        with fs.open(path, "rb") as f:
+            for lo in range(self.start, self.stop, step):
+                hi = min(lo + step, self.stop)
+                f.seek(offset + lo * row_bytes)
+                buf = f.read((hi - lo) * row_bytes)
+                yield np.frombuffer(buf, dtype=dtype).reshape((hi - lo, *shape[1:]))
+
+    def _compute_npy(self, histogram: bool, nan_policy: str) -> ShardResult:
+        from .accumulate import StatsAccumulator
+
+        acc = StatsAccumulator(layout=self.options.layout,
+                               feature_names=self.options.feature_names,
+                               histogram=histogram, nan_policy=nan_policy)
+        rows = 0
+        for chunk in self._npy_batches():
+            acc.update(chunk)
+            rows += chunk.shape[0]
+        return ShardResult(self.id, acc.result(), rows, self.nbytes)
+
+
+def _with_where(exc: StreamnormError, where: str) -> StreamnormError:
+    try:
+        new = type(exc)(f"{where}: {exc}")
+    except TypeError:
+        new = StreamnormError(f"{where}: {exc}")
+    return new
+
+
+def _arrow_to_numpy(col: Any, nulls_as_nan: bool) -> np.ndarray:
+    """Arrow array -> numpy, zero-copy for null-free fixed-width numeric data."""
+    import pyarrow as pa
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    typ = col.type
+    if col.null_count == 0 and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        return col.to_numpy(zero_copy_only=True)
+    if pa.types.is_boolean(typ):
+        if col.null_count:
+            return col.to_numpy(zero_copy_only=False).astype(np.float64)
+        return col.to_numpy(zero_copy_only=False).astype(bool)
+    values = col.to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(typ):
+        return values.astype(typ.to_pandas_dtype(), copy=False)
+    return values
+
+
+# -- images -------------------------------------------------------------------
+
+_PIL_EIGHT_BIT = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "La",
+                            "RGBa", "RGBX", "LAB", "HSV"})
+
+
+def decode_image(data: bytes, mode: str = "RGB", where: str = "<bytes>") -> np.ndarray:
+    """Decode PNG/JPEG bytes into an ``(H, W, C)`` uint8 array.
+
+    ``mode="RGB"`` gives 3 channels (gray repeated, alpha dropped, palette and
+    CMYK converted); ``mode="L"`` gives 1 channel. 16-bit and floating-point
+    images raise :class:`BadRecordError` instead of being clipped to 8 bits.
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("LA", (4, 2), (7, 99)).save(buf, "PNG")
+    >>> img = decode_image(buf.getvalue())
+    >>> img.shape, img.dtype, img[0, 0].tolist()
+    ((2, 4, 3), dtype('uint8'), [7, 7, 7])
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if mode not in IMAGE_MODES:
+        raise StreamnormError(f"image_mode must be one of {IMAGE_MODES}, got {mode!r}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in ("PNG", "JPEG", "MPO"):
+                raise BadRecordError(where, f"{im.format} is not PNG or JPEG")
+            if im.mode not in _PIL_EIGHT_BIT:
+                raise BadRecordError(
+                    where,
+                    f"Pillow mode {im.mode!r} is not 8-bit; 16-bit and float images would be "
+                    f"clipped to 8 bits, so store them as .npy instead",
+                )
+            im.load()
+            if im.mode == "P" and "transparency" in im.info:
+                im = im.convert("RGBA")
+            out = im.convert(mode)
+            array = np.asarray(out, dtype=np.uint8)
+    except BadRecordError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+            Image.DecompressionBombError) as exc:
+        raise BadRecordError(where, _one_line(exc)) from exc
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return array
+
+
+# -- .npy ---------------------------------------------------------------------
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def _npy_local(path: str, url: str) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise SourceError(f"{_display(url)}: not a numeric .npy array ({_one_line(exc)})") from exc
+    except OSError as exc:
+        raise SourceError(f"{_display(url)}: cannot read .npy file ({_one_line(exc)})") from exc
+    if not isinstance(array, np.ndarray):
+        raise SourceError(f"{_display(url)}: holds no array (an .npz archive?)")
+    return array
+
+
+def _npy_header(fs: Any, path: str, url: str) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    from numpy.lib import format as npformat
+
+    try:
+        with fs.open(path, "rb") as f:
+            version = npformat.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = npformat.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = npformat.read_array_header_2_0(f)
+            else:  # pragma: no cover - numpy raises for unknown versions already
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = f.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise SourceError(f"{_display(url)}: not a readable .npy file ({_one_line(exc)})") from exc
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise SourceError(
+            f"{_display(url)}: holds dtype {dtype}; only bool, integer and float arrays have "
+            f"statistics (object arrays are never unpickled)"
+        )
+    return tuple(int(s) for s in shape), dtype, bool(fortran), int(offset)
+
+
+def _npy_read_all(fs: Any, path: str, header: tuple[Any, ...]) -> np.ndarray:
+    shape, dtype, fortran, offset = header
+    with fs.open(path, "rb") as f:
+        f.seek(offset)
+        buf = f.read(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+# ---------------------------------------------------------------------------
+# sources
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved source: its kind, layout, feature names and shards.
+
+    Build one with :func:`open_source`. ``describe()`` is a JSON-safe summary
+    used to recognize the same run (e.g. by checkpoints).
+    """
+
+    kind: str
+    layout: str
+    feature_names: tuple[str, ...] | None
+    shards: tuple[Shard, ...]
+    options: ReadOptions
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.shards)
+
+    @property
+    def unit(self) -> str:
+        """What :attr:`ShardResult.rows` counts: ``"rows"`` or ``"images"``."""
+        return "images" if self.kind == "image" or self.options.image_column else "rows"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "layout": self.layout,
+            "feature_names": None if self.feature_names is None else list(self.feature_names),
+            "options": self.options.as_dict(),
+            "shards": [s.describe() for s in self.shards],
+        }
+
+
+def open_source(
+    paths: str | Sequence[str],
+    *,
+    layout: str | None = None,
+    columns: Sequence[str] | None = None,
+    image_column: str | None = None,
+    image_mode: str = "RGB",
+    storage_options: Mapping[str, Any] | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> Source:
+    """Resolve paths into a :class:`Source` of shards.
+
+    Parameters
+    ----------
+    paths : str or sequence of str
+        Files, folders (searched recursively), globs or fsspec URLs, all of
+        one kind: Parquet, images (PNG/JPEG) or ``.npy``.
+    layout : str, optional
+        What the data holds. Parquet numeric columns are always ``"NF"``;
+        images ``"NHWC"``; ``.npy`` defaults to ``"N"`` (1-D) / ``"NF"`` (2-D)
+        and needs it for higher ranks; a Parquet tensor column needs it
+        beyond one dimension.
+    columns : sequence of str, optional
+        Parquet columns to reduce. Default: every integer and float column.
+    image_column : str, optional
+        Parquet column of encoded PNG/JPEG images (binary, or a struct with a
+        ``bytes`` field) -> ``NHWC`` uint8.
+    image_mode : {"RGB", "L"}
+        Colour handling of decoded images (see the module notes).
+    storage_options : mapping, optional
+        fsspec options (credentials, endpoint...), carried by every shard.
+    shard_bytes : int
+        Target compressed size of a Parquet shard (whole row groups).
+    images_per_shard : int
+        Image files per shard.
+    batch_rows : int
+        Rows per Parquet record batch; bounds the memory of one reader.
+
+    Raises
+    ------
+    SourceError
+        Missing paths, mixed or unknown file kinds, unreadable or non-Parquet
+        files, missing or non-numeric columns.
+    LayoutError
+        A layout that does not fit the data.
+    """
+    so = dict(storage_options or {})
+    if image_mode not in IMAGE_MODES:
+        raise StreamnormError(f"image_mode must be one of {IMAGE_MODES}, got {image_mode!r}")
+    for name, value in (("shard_bytes", shard_bytes), ("images_per_shard", images_per_shard),
+                        ("batch_rows", batch_rows)):
+        if not isinstance(value, int) or value < 1:
+            raise StreamnormError(f"{name} must be a positive integer, got {value!r}")
+    if layout is not None:
+        parse_layout(layout)
+    files = resolve_files(paths, so)
+    kinds = sorted({k for k, _ in files})
+    if len(kinds) > 1:
+        examples = {k: _display(f.url) for k, f in files}
+        raise SourceError(
+            "the sources mix " + " and ".join(f"{k} files (e.g. {examples[k]})" for k in kinds)
+            + "; compute one kind at a time"
+        )
+    kind = kinds[0]
+    infos = [f for _, f in files]
+    if kind != "parquet" and (columns or image_column):
+        raise SourceError(
+            f"--columns/--image-column apply to Parquet files, but the sources are {kind} "
+            f"files (e.g. {_display(infos[0].url)})"
+        )
+    if kind == "parquet":
+        return _open_parquet_source(infos, layout, columns, image_column, image_mode, so,
+                                    shard_bytes, batch_rows)
+    if kind == "image":
+        if layout not in (None, "NHWC"):
+            raise LayoutError(f"images are read as 'NHWC' uint8; drop --layout {layout!r}")
+        options = ReadOptions(layout="NHWC", image_mode=image_mode, batch_rows=batch_rows)
+        shards = tuple(
+            Shard("image", tuple(infos[i:i + images_per_shard]), 0, 0, options, so,
+                  sum(f.size for f in infos[i:i + images_per_shard]))
+            for i in range(0, len(infos), images_per_shard)
+        )
+        return Source("image", "NHWC", None, shards, options, so)
+    return _open_npy_source(infos, layout, so, batch_rows)
+
+
+def _numeric(typ: Any, allow_bool: bool) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_integer(typ) or pa.types.is_floating(typ)
+            or (allow_bool and pa.types.is_boolean(typ)))
+
+
+def _tensor_shape(typ: Any) -> tuple[tuple[int, ...], Any] | None:
+    """Shape and value type of a fixed-size-list / fixed_shape_tensor column type."""
+    import pyarrow as pa
+
+    if isinstance(typ, pa.ExtensionType):
+        if getattr(typ, "extension_name", "") == "arrow.fixed_shape_tensor":
+            perm = typ.permutation
+            if perm is not None and list(perm) != sorted(perm):
+                return None
+            return tuple(int(s) for s in typ.shape), typ.value_type
+        typ = typ.storage_type
+    shape: list[int] = []
+    while pa.types.is_fixed_size_list(typ):
+        shape.append(int(typ.list_size))
+        typ = typ.value_type
+    if not shape:
+        return None
+    return tuple(shape), typ
+
+
+def _read_footer(info: FileInfo, so: Mapping[str, Any]) -> Any:
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(info.url, so)
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata
+    except PermissionError as exc:
+        raise SourceError(f"{_display(info.url)}: cannot read file ({_one_line(exc)})") from exc
+    except (OSError, ValueError) as exc:
+        raise SourceError(
+            f"{_display(info.url)}: not a readable Parquet file ({_one_line(exc)})"
+        ) from exc
+
+
+def _open_parquet_source(
+    infos: list[FileInfo],
+    layout: str | None,
+    columns: Sequence[str] | None,
+    image_column: str | None,
+    image_mode: str,
+    so: dict[str, Any],
+    shard_bytes: int,
+    batch_rows: int,
+) -> Source:
+    import pyarrow as pa
+
+    metas = [_read_footer(info, so) for info in infos]
+    first_schema = metas[0].schema.to_arrow_schema()
+    tensor_shape: tuple[int, ...] = ()
+    feature_names: tuple[str, ...] | None
+    if image_column is not None:
+        if columns:
+            raise SourceError("pass either columns or an image column, not both")
+        if layout not in (None, "NHWC"):
+            raise LayoutError(f"an image column is read as 'NHWC' uint8; drop --layout {layout!r}")
+        selected: tuple[str, ...] = (image_column,)
+        out_layout = "NHWC"
+        feature_names = None
+    else:
+        if columns:
+            selected = tuple(columns)
+        else:
+            selected = tuple(f.name for f in first_schema if _numeric(f.type, False))
+            if not selected:
+                tensors = [f.name for f in first_schema if _tensor_shape(f.type)]
+                described = ", ".join(f"{f.name}: {f.type}" for f in first_schema)
+                hint = (f"pass the tensor column with --columns {tensors[0]}" if tensors
+                        else "pass --image-column for encoded images")
+                raise SourceError(
+                    f"{_display(infos[0].url)}: no numeric columns (columns: {described}); {hint}"
+                )
+        if len(set(selected)) != len(selected):
+            raise SourceError(f"columns are repeated: {list(selected)}")
+        out_layout, feature_names = "NF", selected
+    for info, meta in zip(infos, metas):
+        schema = meta.schema.to_arrow_schema()
+        for name in selected:
+            idx = schema.get_field_index(name)
+            if idx < 0:
+                raise SourceError(
+                    f"{_display(info.url)}: has no column {name!r} (columns: {schema.names})"
+                )
+            typ = schema.field(idx).type
+            if image_column is not None:
+                ok = (pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
+                      or (pa.types.is_struct(typ) and typ.get_field_index("bytes") >= 0))
+                if not ok:
+                    raise SourceError(
+                        f"{_display(info.url)}: image column {name!r} has type {typ}; it must "
+                        f"hold encoded image bytes (binary, or a struct with a 'bytes' field)"
+                    )
+                continue
+            tensor = _tensor_shape(typ)
+            if tensor is not None:
+                if len(selected) > 1:
+                    raise SourceError(
+                        f"{_display(info.url)}: column {name!r} holds tensors ({typ}); select it "
+                        f"on its own (--columns {name}), not with other columns"
+                    )
+                shape, value_type = tensor
+                if not _numeric(value_type, True):
+                    raise SourceError(
+                        f"{_display(info.url)}: tensor column {name!r} holds {value_type}, "
+                        f"which is not numeric"
+                    )
+                if tensor_shape and shape != tensor_shape:
+                    raise SourceError(
+                        f"{_display(info.url)}: tensor column {name!r} has shape {shape}, "
+                        f"other files {tensor_shape}"
+                    )
+                tensor_shape = shape
+            elif not _numeric(typ, True):
+                raise SourceError(
+                    f"{_display(info.url)}: column {name!r} has type {typ}, which is not numeric; "
+                    f"pick integer or float columns with --columns"
+                )
+            elif tensor_shape:
+                raise SourceError(f"{_display(info.url)}: column {name!r} is not a tensor column")
+    if tensor_shape:
+        if layout is None:
+            if len(tensor_shape) != 1:
+                raise LayoutError(
+                    f"column {selected[0]!r} holds {len(tensor_shape)}-D tensors of shape "
+                    f"{tensor_shape}; pass the layout of a batch of them (e.g. 'NCHW' or 'NHWC')"
+                )
+            layout = "NF"
+        parsed = parse_layout(layout)
+        parsed.check_rank(1 + len(tensor_shape), what=f"a batch of column {selected[0]!r}")
+        out_layout = layout
+        if layout == "NF":
+            feature_names = tuple(f"{selected[0]}[{i}]" for i in range(tensor_shape[0]))
+        else:
+            feature_names = None
+    elif image_column is None and layout not in (None, "NF"):
+        raise LayoutError(
+            f"numeric Parquet columns are read as 'NF' (one feature per column); "
+            f"drop --layout {layout!r}"
+        )
+    options = ReadOptions(layout=out_layout, columns=selected, tensor_shape=tensor_shape,
+                          image_column=image_column, image_mode=image_mode,
+                          batch_rows=batch_rows,
+                          feature_names=feature_names if tensor_shape else None)
+    shards: list[Shard] = []
+    for info, meta in zip(infos, metas):
+        start, size = 0, 0
+        sizes = [
+            sum(meta.row_group(i).column(j).total_compressed_size
+                for j in range(meta.row_group(i).num_columns))
+            for i in range(meta.num_row_groups)
+        ]
+        for i, rg_size in enumerate(sizes):
+            size += rg_size
+            if size >= shard_bytes or i == len(sizes) - 1:
+                shards.append(Shard("parquet", (info,), start, i + 1, options, so, size))
+                start, size = i + 1, 0
+    return Source("parquet", out_layout, feature_names, tuple(shards), options, so)
+
+
+def _open_npy_source(
+    infos: list[FileInfo], layout: str | None, so: dict[str, Any], batch_rows: int
+) -> Source:
+    headers = []
+    for info in infos:
+        fs, path = _fs(info.url, so)
+        header = _npy_header(fs, path, info.url)
+        if not header[0]:
+            raise SourceError(f"{_display(info.url)}: holds a scalar, not an array of samples")
+        headers.append(header)
+    if layout is None:
+        shape = headers[0][0]
+        if len(shape) > 2:
+            raise LayoutError(
+                f"{_display(infos[0].url)} holds a {len(shape)}-D array of shape {shape}; "
+                f"pass --layout to say what it holds (e.g. 'NCHW' or 'NHWC')"
+            )
+        layout = "NF" if len(shape) == 2 else "N"
+    parsed = parse_layout(layout)
+    features = set()
+    for info, (shape, _dtype, _fortran, _offset) in zip(infos, headers):
+        parsed.check_rank(len(shape), what=f"{_display(info.url)} (shape {shape})")
+        if parsed.feature_axis is not None:
+            features.add(shape[parsed.feature_axis])
+    if len(features) > 1:
+        raise SourceError(
+            "the .npy files disagree on their number of features: "
+            + ", ".join(f"{_display(i.url)} {h[0]}" for i, h in zip(infos, headers))
+        )
+    options = ReadOptions(layout=layout, batch_rows=batch_rows)
+    shards = []
+    for info, (shape, dtype, _fortran, _offset) in zip(infos, headers):
+        n = shape[0]
+        if parsed.feature_axis == 0:
+            shards.append(Shard("npy", (info,), 0, n, options, so, info.size))
+            continue
+        row_bytes = max(int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize, 1)
+        rows_per_shard = max(1, DEFAULT_SHARD_BYTES // row_bytes)
+        for lo in range(0, max(n, 1), rows_per_shard):
+            hi = min(n, lo + rows_per_shard)
+            shards.append(Shard("npy", (info,), lo, hi, options, so, (hi - lo) * row_bytes))
+    return Source("npy", layout, None, tuple(shards), options, so)
+
+
+def shard_digest(shard_id: str) -> str:
+    """``sha1`` hex digest of a shard id (checkpoint split names)."""
+    return hashlib.sha1(shard_id.encode("utf-8")).hexdigest()

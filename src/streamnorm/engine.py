@@ -1,0 +1,612 @@
+"""The offline pass: shards -> partial statistics -> one deterministic merge.
+
+:func:`compute` resolves a source (:func:`streamnorm.sources.open_source`),
+reduces every shard to a partial :class:`~streamnorm.Stats` on an *engine*
+and merges the partials:
+
+``local`` (default)
+    This machine. Parquet and ``.npy`` shards run on threads (pyarrow and the
+    numba kernels release the GIL); image decoding holds the GIL in Pillow, so
+    image shards run in a process pool. ``workers=1`` runs inline.
+``dask``
+    Dask distributed: ``scheduler="tcp://host:port"`` (or a
+    ``distributed.Client``) for an existing cluster, otherwise a
+    ``LocalCluster`` with no dashboard. Every task opens its own shard through
+    fsspec/pyarrow with the storage options carried by the shard and returns a
+    partial of a few KB.
+
+Whatever the engine and the number of workers, the partials are merged as a
+balanced binary tree over the shards sorted by id. Integer statistics are exact
+anyway; float statistics come out bit-identical too, because every shard is
+always cut, batched and merged the same way.
+
+``checkpoint=DIR`` (any fsspec URL) makes a run resumable: each finished
+shard's partial is saved (a :class:`~streamnorm.StatsStore` split named
+``shard-<sha1 of the shard id>`` plus a small done marker) as soon as it
+arrives, next to a ``manifest.json`` describing the run (inputs with sizes and
+versions, read options, ``histogram``, ``nan_policy``, ``skip_bad``). A run
+killed at any point and started again with the same arguments skips the done
+shards and gives exactly the statistics of an uninterrupted run; a checkpoint
+written with other arguments or other input files is refused.
+
+Examples
+--------
+>>> import tempfile, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+>>> from streamnorm import engine
+>>> d = tempfile.mkdtemp()
+>>> x = np.arange(1000, dtype=np.int32)
+>>> pq.write_table(pa.table({"x": x}), f"{d}/a.parquet", row_group_size=100)
+>>> run = engine.compute([d], workers=2, shard_bytes=1)
+>>> run.shards, run.rows, run.stats.mean.tolist() == [x.mean()]
+(10, 1000, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .errors import StreamnormError
+from .sources import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_IMAGES_PER_SHARD,
+    DEFAULT_SHARD_BYTES,
+    Shard,
+    ShardResult,
+    Source,
+    open_source,
+    shard_digest,
+)
+from .stats import Stats
+
+__all__ = [
+    "ENGINES",
+    "Checkpoint",
+    "CheckpointError",
+    "RunResult",
+    "TqdmProgress",
+    "compute",
+    "compute_shard",
+    "tree_merge",
+]
+
+ENGINES = ("local", "dask")
+NAN_POLICIES = ("raise", "omit", "propagate")
+
+
+class CheckpointError(StreamnormError):
+    """A checkpoint folder belongs to another run, or cannot be read or written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """Outcome of :func:`compute`.
+
+    Attributes
+    ----------
+    stats : Stats
+        The merged statistics.
+    source : Source
+        The resolved source (kind, layout, shards).
+    shards : int
+        Number of shards.
+    resumed : int
+        Shards taken from the checkpoint instead of being read.
+    rows : int
+        Rows (tables, arrays) or images that entered the statistics.
+    nbytes : int
+        Bytes of input, as stored.
+    skipped : tuple of (str, str)
+        Records skipped under ``skip_bad`` (where, reason).
+    seconds : float
+        Wall time of the pass.
+    """
+
+    stats: Stats
+    source: Source
+    shards: int
+    resumed: int
+    rows: int
+    nbytes: int
+    skipped: tuple[tuple[str, str], ...]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe description of the run (stored with the statistics)."""
+        return {
+            "kind": self.source.kind,
+            "layout": self.source.layout,
+            "files": len({f.url for s in self.source.shards for f in s.files}),
+            "shards": self.shards,
+            "rows": self.rows,
+            "bytes": self.nbytes,
+            "skipped": len(self.skipped),
+        }
+
+
+# ---------------------------------------------------------------------------
+# shard work (runs anywhere)
+# ---------------------------------------------------------------------------
+
+
+def compute_shard(
+    shard: Shard, histogram: bool = False, nan_policy: str = "raise", skip_bad: bool = False
+) -> ShardResult:
+    """Reduce one shard; a module-level function so pools and Dask can ship it."""
+    return shard.compute(histogram=histogram, nan_policy=nan_policy, skip_bad=skip_bad)
+
+
+def _fresh(result: ShardResult) -> ShardResult:
+    """Re-validate statistics that crossed a process boundary (read-only arrays again)."""
+    if result.stats is None:
+        return result
+    return dataclasses.replace(result, stats=dataclasses.replace(result.stats))
+
+
+def tree_merge(parts: Sequence[Stats]) -> Stats:
+    """Merge statistics pairwise, level by level: ``((a+b)+(c+d))+e``.
+
+    The tree depends only on the number of parts, so the same parts in the
+    same order always give the same bits, wherever they were computed.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> parts = [sn.compute_stats([np.full((2, 1), float(i))], layout="NF") for i in range(5)]
+    >>> tree_merge(parts).mean.tolist()
+    [2.0]
+    """
+    level = list(parts)
+    if not level:
+        raise StreamnormError("nothing to merge")
+    while len(level) > 1:
+        merged = [level[i].merge(level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            merged.append(level[-1])
+        level = merged
+    return level[0]
+
+
+# ---------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------
+
+
+class Checkpoint:
+    """Partial statistics of finished shards, kept so that a run can resume.
+
+    Layout of the folder::
+
+        DIR/manifest.json                         what the run computes
+        DIR/split=shard-<sha1>/stats.parquet      a shard's partial statistics
+        DIR/done/<sha1>.json                      rows, bytes, skipped records
+
+    A shard counts as done once its marker exists; the marker is written
+    (atomically) after its statistics, so a run killed in between redoes the
+    shard. Nothing in the folder is pickled.
+
+    Parameters
+    ----------
+    root : str
+        Folder or fsspec URL.
+    storage_options : mapping, optional
+    """
+
+    MANIFEST = "manifest.json"
+    DONE = "done"
+    FORMAT = "streamnorm.checkpoint"
+    VERSION = 1
+
+    def __init__(self, root: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        from .fsutil import resolve_url
+        from .store import StatsStore
+
+        self.root = os.fspath(root)
+        self._fs, self._path = resolve_url(self.root, storage_options)
+        self.store = StatsStore(self.root, storage_options)
+
+    def _write_json(self, path: str, value: Any) -> None:
+        from .fsutil import write_bytes_atomic
+
+        data = json.dumps(value, indent=1, sort_keys=True).encode("utf-8")
+        try:
+            if "/" in path:
+                self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            write_bytes_atomic(self._fs, path, data, overwrite=True)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint file {path}: {exc}") from exc
+
+    def _read_json(self, path: str) -> Any:
+        try:
+            return json.loads(self._fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoint file {path} is unreadable ({exc}); delete the checkpoint folder "
+                f"{self.root} to start over"
+            ) from exc
+
+    def open(self, run: Mapping[str, Any]) -> None:
+        """Start or resume the run described by ``run`` (JSON-safe).
+
+        Raises
+        ------
+        CheckpointError
+            When the folder holds the checkpoint of a run with other arguments
+            or other input files.
+        """
+        manifest_path = f"{self._path}/{self.MANIFEST}"
+        manifest = self._read_json(manifest_path)
+        wanted = {"format": self.FORMAT, "version": self.VERSION, "run": json_safe(run)}
+        if manifest is None:
+            if self._fs.exists(self._path) and self._fs.ls(self._path):
+                raise CheckpointError(
+                    f"checkpoint folder {self.root} is not empty and has no {self.MANIFEST}; "
+                    f"point --checkpoint at an empty or new folder"
+                )
+            self._write_json(manifest_path, wanted)
+            return
+        if manifest.get("format") != self.FORMAT:
+            raise CheckpointError(f"{self.root} is not a streamnorm checkpoint folder")
+        if manifest != wanted:
+            raise CheckpointError(
+                f"checkpoint {self.root} was written by a run with different "
+                f"{_first_difference(manifest.get('run', {}), wanted['run'])}; rerun with the "
+                f"same arguments to resume, or use a new --checkpoint folder (or delete this one)"
+            )
+
+    def done(self, shards: Sequence[Shard]) -> dict[str, ShardResult]:
+        """Results of the shards already finished, by shard id."""
+        by_digest = {shard_digest(s.id): s for s in shards}
+        folder = f"{self._path}/{self.DONE}"
+        try:
+            names = [p.rsplit("/", 1)[-1] for p in self._fs.ls(folder, detail=False)]
+        except FileNotFoundError:
+            return {}
+        markers = {}
+        for name in names:
+            digest = name[:-5] if name.endswith(".json") else None
+            if digest not in by_digest:
+                continue
+            marker = self._read_json(f"{folder}/{name}")
+            if marker is None or marker.get("shard") != by_digest[digest].id:
+                continue
+            markers[digest] = marker
+        with_stats = [d for d, m in markers.items() if m.get("has_stats")]
+        existing = {d for d in with_stats if self.store.exists(f"shard-{d}")}
+        loaded = self.store.load_many([f"shard-{d}" for d in sorted(existing)])
+        out = {}
+        for digest, marker in markers.items():
+            if marker.get("has_stats") and digest not in existing:
+                continue  # statistics vanished: redo the shard
+            stats = loaded.get(f"shard-{digest}")
+            out[marker["shard"]] = ShardResult(
+                marker["shard"], stats, int(marker["rows"]), int(marker["nbytes"]),
+                tuple((str(w), str(r)) for w, r in marker.get("skipped", [])),
+            )
+        return out
+
+    def record(self, result: ShardResult) -> None:
+        """Save one finished shard: statistics first, then its done marker."""
+        digest = shard_digest(result.shard_id)
+        if result.stats is not None:
+            self.store.save(result.stats, f"shard-{digest}", overwrite=True,
+                            source={"shard": result.shard_id})
+        self._write_json(f"{self._path}/{self.DONE}/{digest}.json", {
+            "shard": result.shard_id,
+            "has_stats": result.stats is not None,
+            "rows": result.rows,
+            "nbytes": result.nbytes,
+            "skipped": [list(s) for s in result.skipped],
+        })
+
+
+def json_safe(value: Any) -> Any:
+    """Round-trip ``value`` through JSON (tuples become lists) for comparisons."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                if key == "shards":
+                    return _shard_difference(old.get(key) or [], new.get(key) or [])
+                return _first_difference(old.get(key), new.get(key), f"{path}{key}.")
+        return "arguments"
+    name = path.rstrip(".") or "arguments"
+    return f"{name} ({old!r} then, {new!r} now)"
+
+
+def _shard_difference(old: list[Any], new: list[Any]) -> str:
+    old_files = {f["path"]: f for s in old for f in s.get("files", [])}
+    new_files = {f["path"]: f for s in new for f in s.get("files", [])}
+    for path in sorted(set(old_files) | set(new_files)):
+        if path not in new_files:
+            return f"input files ({path} is gone)"
+        if path not in old_files:
+            return f"input files ({path} is new)"
+        if old_files[path] != new_files[path]:
+            return f"input files ({path} changed size or version)"
+    return "shards (the files are cut differently: other shard_bytes/images_per_shard)"
+
+
+# ---------------------------------------------------------------------------
+# progress
+# ---------------------------------------------------------------------------
+
+
+class TqdmProgress:
+    """A tqdm bar over the input bytes (so its rate reads MB/s), with shards and rows.
+
+    Parameters
+    ----------
+    enabled : bool or None
+        ``None`` shows the bar only when stderr is a terminal.
+    desc : str
+    """
+
+    def __init__(self, enabled: bool | None = None, desc: str = "streamnorm") -> None:
+        self.enabled = enabled
+        self.desc = desc
+        self._bar: Any = None
+        self._shards = 0
+        self._total = 0
+        self._rows = 0
+        self._unit = "rows"
+
+    def start(self, source: Source, resumed: Sequence[ShardResult]) -> None:
+        from tqdm.auto import tqdm
+
+        self._total = len(source.shards)
+        self._unit = source.unit
+        self._shards = len(resumed)
+        self._rows = sum(r.rows for r in resumed)
+        self._bar = tqdm(
+            total=source.nbytes, initial=sum(r.nbytes for r in resumed), unit="B",
+            unit_scale=True, unit_divisor=1024, desc=self.desc, dynamic_ncols=True,
+            disable=(None if self.enabled is None else not self.enabled), leave=True,
+        )
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self._bar.set_postfix_str(
+            f"{self._shards}/{self._total} shards, {self._rows:,} {self._unit}", refresh=False
+        )
+
+    def update(self, result: ShardResult) -> None:
+        self._shards += 1
+        self._rows += result.rows
+        self._postfix()
+        self._bar.update(result.nbytes)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ---------------------------------------------------------------------------
+# engines
+# ---------------------------------------------------------------------------
+
+
+def _run_local(
+    shards: Sequence[Shard], workers: int, processes: bool, kwargs: dict[str, Any],
+    on_result: Callable[[ShardResult], None],
+) -> None:
+    if workers == 1 or len(shards) <= 1:
+        for shard in shards:
+            on_result(compute_shard(shard, **kwargs))
+        return
+    import concurrent.futures as cf
+
+    if processes:
+        import multiprocessing
+
+        # spawn, not fork: the parent has threads (pyarrow, numba) that a fork
+        # would copy in an undefined state.
+        pool: cf.Executor = cf.ProcessPoolExecutor(
+            min(workers, len(shards)), mp_context=multiprocessing.get_context("spawn")
+        )
+    else:
+        pool = cf.ThreadPoolExecutor(min(workers, len(shards)), thread_name_prefix="streamnorm")
+    with pool:
+        futures = [pool.submit(compute_shard, shard, **kwargs) for shard in shards]
+        try:
+            for future in cf.as_completed(futures):
+                on_result(_fresh(future.result()) if processes else future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _dask_client(scheduler: Any, workers: int | None) -> tuple[Any, Any]:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise StreamnormError(
+            "the dask engine needs Dask distributed: pip install 'streamnorm[dask]'"
+        ) from exc
+    if isinstance(scheduler, Client):
+        return scheduler, None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s", set_as_default=False), None
+        except (OSError, TimeoutError) as exc:
+            raise StreamnormError(
+                f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())}); "
+                f"check the address (tcp://host:port) and that the scheduler is running"
+            ) from exc
+    cluster = LocalCluster(
+        n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+        dashboard_address=None, silence_logs=logging.ERROR,
+    )
+    return Client(cluster, set_as_default=False), cluster
+
+
+def _run_dask(
+    shards: Sequence[Shard], workers: int | None, scheduler: Any, kwargs: dict[str, Any],
+    on_result: Callable[[ShardResult], None],
+) -> None:
+    from distributed import as_completed
+
+    client, cluster = _dask_client(scheduler, workers)
+    try:
+        futures = client.map(
+            compute_shard, list(shards), pure=False,
+            key=[f"streamnorm-shard-{shard_digest(s.id)}" for s in shards], **kwargs,
+        )
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                future.release()
+                on_result(_fresh(result))
+        except BaseException:
+            client.cancel(futures)
+            raise
+    finally:
+        if cluster is not None:
+            client.close()
+            cluster.close()
+
+
+# ---------------------------------------------------------------------------
+# the pass
+# ---------------------------------------------------------------------------
+
+
+def compute(
+    paths: str | Sequence[str] | Source,
+    *,
+    layout: str | None = None,
+    columns: Sequence[str] | None = None,
+    image_column: str | None = None,
+    image_mode: str = "RGB",
+    storage_options: Mapping[str, Any] | None = None,
+    histogram: bool = False,
+    nan_policy: str = "raise",
+    skip_bad: bool = False,
+    engine: str = "local",
+    workers: int | None = None,
+    scheduler: Any = None,
+    checkpoint: str | None = None,
+    checkpoint_storage_options: Mapping[str, Any] | None = None,
+    progress: bool | TqdmProgress | None = False,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> RunResult:
+    """Statistics of Parquet files, image files or ``.npy`` arrays, in one pass.
+
+    Parameters
+    ----------
+    paths : str, sequence of str, or Source
+        Files, folders, globs or fsspec URLs (see :func:`~streamnorm.sources.open_source`),
+        or a source opened already.
+    layout, columns, image_column, image_mode, storage_options, shard_bytes,
+    images_per_shard, batch_rows
+        Passed to :func:`~streamnorm.sources.open_source`.
+    histogram : bool
+        Exact 256-bin histograms (8-bit data: images, uint8/int8 columns).
+    nan_policy : {"raise", "omit", "propagate"}
+        Non-finite values and Parquet nulls (see :mod:`streamnorm.sources`).
+    skip_bad : bool
+        Skip (and report in :attr:`RunResult.skipped`) images that fail to
+        decode instead of stopping.
+    engine : {"local", "dask"}
+    workers : int, optional
+        Local: threads or processes (default: CPU count). Dask: workers of
+        the ``LocalCluster`` started when no ``scheduler`` is given.
+    scheduler : str or distributed.Client, optional
+        Address (``tcp://host:port``) or client of an existing Dask cluster.
+    checkpoint : str, optional
+        Folder or URL where finished shards are kept; a rerun with the same
+        arguments resumes from it.
+    progress : bool, TqdmProgress or None
+        Show a progress bar on stderr (``None``: only on a terminal).
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    StreamnormError
+        Bad arguments, unreadable sources (:class:`~streamnorm.sources.SourceError`),
+        undecodable images (:class:`~streamnorm.sources.BadRecordError`),
+        non-finite values, a foreign checkpoint (:class:`CheckpointError`).
+    """
+    started = time.perf_counter()
+    if engine not in ENGINES:
+        raise StreamnormError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if nan_policy not in NAN_POLICIES:
+        raise StreamnormError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise StreamnormError(f"workers must be a positive integer, got {workers!r}")
+    if scheduler is not None and engine != "dask":
+        raise StreamnormError("scheduler= is for engine='dask'; pass engine='dask' as well")
+    if isinstance(paths, Source):
+        source = paths
+    else:
+        source = open_source(
+            paths, layout=layout, columns=columns, image_column=image_column,
+            image_mode=image_mode, storage_options=storage_options, shard_bytes=shard_bytes,
+            images_per_shard=images_per_shard, batch_rows=batch_rows,
+        )
+    kwargs = {"histogram": bool(histogram), "nan_policy": nan_policy, "skip_bad": bool(skip_bad)}
+    results: dict[str, ShardResult] = {}
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = Checkpoint(checkpoint, checkpoint_storage_options)
+        ckpt.open({"source": source.describe(), **kwargs})
+        results.update(ckpt.done(source.shards))
+    pending = [s for s in source.shards if s.id not in results]
+
+    bar = progress if isinstance(progress, TqdmProgress) else (
+        TqdmProgress(progress) if progress is not False else None)
+    if bar is not None:
+        bar.start(source, list(results.values()))
+
+    def on_result(result: ShardResult) -> None:
+        if ckpt is not None:
+            ckpt.record(result)
+        results[result.shard_id] = result
+        if bar is not None:
+            bar.update(result)
+
+    resumed = len(source.shards) - len(pending)
+    try:
+        if pending:
+            if engine == "local":
+                heavy = source.kind == "image" or source.options.image_column is not None
+                _run_local(pending, workers or os.cpu_count() or 1, heavy, kwargs, on_result)
+            else:
+                _run_dask(pending, workers, scheduler, kwargs, on_result)
+    finally:
+        if bar is not None:
+            bar.close()
+    ordered = [results[s.id] for s in sorted(source.shards, key=lambda s: s.id)]
+    parts = [r.stats for r in ordered if r.stats is not None]
+    skipped = tuple(item for r in ordered for item in r.skipped)
+    if not parts:
+        what = (f"all {len(skipped)} images failed to decode and were skipped"
+                if skipped else "the sources hold no rows")
+        raise StreamnormError(f"no data to compute statistics from: {what}")
+    return RunResult(
+        stats=tree_merge(parts),
+        source=source,
+        shards=len(source.shards),
+        resumed=resumed,
+        rows=sum(r.rows for r in ordered),
+        nbytes=sum(r.nbytes for r in ordered),
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
+    )

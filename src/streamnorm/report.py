@@ -1,0 +1,437 @@
+"""Reading statistics back: summaries, drift between splits, plots.
+
+Everything here takes :class:`~streamnorm.Stats` values, so it works on
+statistics loaded from a :class:`~streamnorm.StatsStore` as well as on fresh
+ones; the ``streamnorm show``/``diff``/``plot`` commands are thin wrappers.
+
+Drift measures (per feature, ``base`` -> ``other``)
+---------------------------------------------------
+standardized mean difference (SMD)
+    ``(mean_other - mean_base) / sqrt((var_base + var_other) / 2)``: how far
+    the mean moved, in pooled standard deviations (0 when both are constant
+    and equal, ``inf`` when only the constant value moved).
+std ratio
+    ``std_other / std_base``.
+KS distance
+    ``max |F_base(v) - F_other(v)|`` over the exact 256-bin histograms (the
+    two-sample Kolmogorov-Smirnov statistic of the data, exact for 8-bit
+    input); ``None`` without histograms.
+
+A feature is *flagged* when ``|SMD| > threshold``, when the std ratio lies
+outside ``[1 / (1 + threshold), 1 + threshold]`` or when the KS distance
+exceeds ``threshold`` (default 0.1: a tenth of a standard deviation, 10% of
+spread, 10% of probability mass).
+
+Examples
+--------
+>>> import numpy as np, streamnorm as sn
+>>> from streamnorm import report
+>>> rng = np.random.default_rng(0)
+>>> train = sn.compute_stats([rng.normal(0, 1, (1000, 2))], layout="NF")
+>>> test = sn.compute_stats([rng.normal([0, 1], 1, (1000, 2))], layout="NF")
+>>> [row["flagged"] for row in report.diff(train, test).rows]
+[False, True]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import IncompatibleStatsError, StreamnormError
+from .stats import Stats
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "QUANTILES",
+    "Diff",
+    "diff",
+    "format_table",
+    "ks_distance",
+    "plot",
+    "summary_rows",
+    "to_csv",
+    "to_json",
+]
+
+DEFAULT_THRESHOLD = 0.1
+QUANTILES = (("q25", 0.25), ("median", 0.5), ("q75", 0.75))
+MAX_PLOTTED_FEATURES = 64
+MAX_HISTOGRAM_PANELS = 8
+
+
+def _num(value: Any) -> float | int | None:
+    """A JSON-safe number: NaN becomes None, numpy scalars become Python ones."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def summary_rows(stats: Stats) -> list[dict[str, Any]]:
+    """One dict per feature: feature, count, mean, std, min, max, nan_count
+    (and q25, median, q75 when the statistics carry a histogram).
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> s = sn.compute_stats([np.array([[1.0, 2.0], [3.0, 6.0]])], layout="NF")
+    >>> summary_rows(s)[1]
+    {'feature': '1', 'count': 2, 'mean': 4.0, 'std': 2.0, 'min': 2.0, 'max': 6.0, 'nan_count': 0}
+    """
+    std = stats.std
+    quantiles = {}
+    if stats.histogram is not None:
+        qs = stats.quantile([q for _, q in QUANTILES])
+        quantiles = {name: qs[i] for i, (name, _) in enumerate(QUANTILES)}
+    rows = []
+    for f, name in enumerate(stats.feature_names):
+        row: dict[str, Any] = {
+            "feature": name,
+            "count": int(stats.count[f]),
+            "mean": _num(stats.mean[f]),
+            "std": _num(std[f]),
+            "min": _num(stats.min[f]),
+            "max": _num(stats.max[f]),
+            "nan_count": int(stats.nan_count[f]),
+        }
+        for qname, values in quantiles.items():
+            row[qname] = _num(values[f])
+        rows.append(row)
+    return rows
+
+
+def ks_distance(base: Stats, other: Stats) -> np.ndarray | None:
+    """Per-feature two-sample KS distance from exact histograms (None without them).
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> a = sn.compute_stats([np.array([[0], [0], [1], [1]], np.uint8)], layout="NF", histogram=True)
+    >>> b = sn.compute_stats([np.array([[1], [1], [1], [1]], np.uint8)], layout="NF", histogram=True)
+    >>> ks_distance(a, b).tolist()
+    [0.5]
+    """
+    if base.histogram is None or other.histogram is None:
+        return None
+    if base.histogram_offset != other.histogram_offset:
+        return None
+    out = np.full(base.n_features, np.nan)
+    for f in range(base.n_features):
+        na, nb = base.histogram[f].sum(), other.histogram[f].sum()
+        if na == 0 or nb == 0:
+            continue
+        ca = np.cumsum(base.histogram[f]) / na
+        cb = np.cumsum(other.histogram[f]) / nb
+        out[f] = float(np.max(np.abs(ca - cb)))
+    return out
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Per-feature drift of ``other`` against ``base``; see :func:`diff`.
+
+    Attributes
+    ----------
+    base, other : str
+        Names of the two splits (for display).
+    threshold : float
+    rows : list of dict
+        feature, mean_base, mean_other, smd, std_base, std_other, std_ratio,
+        ks (None without histograms), flagged, reasons.
+    """
+
+    base: str
+    other: str
+    threshold: float
+    rows: list[dict[str, Any]]
+
+    @property
+    def flagged(self) -> list[str]:
+        """Names of the features that moved beyond the threshold."""
+        return [r["feature"] for r in self.rows if r["flagged"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "other": self.other,
+            "threshold": self.threshold,
+            "flagged": self.flagged,
+            "features": self.rows,
+        }
+
+
+def _smd(mean_a: float, var_a: float, mean_b: float, var_b: float) -> float:
+    delta = mean_b - mean_a
+    pooled = math.sqrt((var_a + var_b) / 2.0)
+    if pooled > 0:
+        return delta / pooled
+    if delta == 0:
+        return 0.0
+    return math.copysign(math.inf, delta)
+
+
+def _ratio(std_a: float, std_b: float) -> float:
+    if std_a > 0:
+        return std_b / std_a
+    return 1.0 if std_b == 0 else math.inf
+
+
+def diff(
+    base: Stats,
+    other: Stats,
+    threshold: float = DEFAULT_THRESHOLD,
+    names: tuple[str, str] = ("base", "other"),
+) -> Diff:
+    """How far each feature of ``other`` moved from ``base``.
+
+    Parameters
+    ----------
+    base, other : Stats
+        Statistics of the same features (e.g. the train and test splits).
+    threshold : float
+        Flag features with ``|SMD| > threshold``, a std ratio outside
+        ``[1/(1+threshold), 1+threshold]`` or a KS distance above ``threshold``.
+    names : (str, str)
+        Display names of the two splits.
+
+    Raises
+    ------
+    IncompatibleStatsError
+        When the feature names differ.
+    """
+    if not (isinstance(threshold, (int, float)) and threshold > 0 and math.isfinite(threshold)):
+        raise StreamnormError(f"threshold must be a positive number, got {threshold!r}")
+    if base.feature_names != other.feature_names:
+        raise IncompatibleStatsError(
+            f"cannot compare {names[0]!r} and {names[1]!r}: their features differ "
+            f"({list(base.feature_names)[:6]} vs {list(other.feature_names)[:6]})"
+        )
+    ks = ks_distance(base, other)
+    var_a, var_b = base.var, other.var
+    rows = []
+    for f, name in enumerate(base.feature_names):
+        smd = _smd(base.mean[f], var_a[f], other.mean[f], var_b[f])
+        ratio = _ratio(math.sqrt(var_a[f]), math.sqrt(var_b[f]))
+        k = None if ks is None else _num(ks[f])
+        reasons = []
+        if abs(smd) > threshold:
+            reasons.append("mean")
+        if not (1.0 / (1.0 + threshold) <= ratio <= 1.0 + threshold):
+            reasons.append("std")
+        if k is not None and k > threshold:
+            reasons.append("distribution")
+        if any(math.isnan(v) for v in (smd, ratio)):
+            reasons.append("undefined")
+        rows.append({
+            "feature": name,
+            "mean_base": _num(base.mean[f]),
+            "mean_other": _num(other.mean[f]),
+            "smd": _num(smd),
+            "std_base": _num(math.sqrt(var_a[f])),
+            "std_other": _num(math.sqrt(var_b[f])),
+            "std_ratio": _num(ratio),
+            "ks": k,
+            "flagged": bool(reasons),
+            "reasons": reasons,
+        })
+    return Diff(names[0], names[1], float(threshold), rows)
+
+
+# ---------------------------------------------------------------------------
+# text output
+# ---------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Plain-text table: left-aligned text, right-aligned numbers.
+
+    Examples
+    --------
+    >>> print(format_table([{"feature": "a", "mean": 1.5}, {"feature": "bb", "mean": 10.0}]))
+    feature  mean
+    a         1.5
+    bb         10
+    """
+    if not rows:
+        return ""
+    columns = list(columns or rows[0].keys())
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    numeric = [
+        all(isinstance(row.get(c), (int, float, np.integer, np.floating)) or row.get(c) is None
+            for row in rows) and not isinstance(rows[0].get(c), bool)
+        for c in columns
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w)
+                 for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(columns), *(line(r) for r in cells)])
+
+
+def to_json(value: Any) -> str:
+    """JSON with NaN as null (valid JSON for any reader)."""
+    return json.dumps(value, indent=2, allow_nan=False, default=_num)
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """CSV text; missing values are empty cells."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------
+
+
+def _matplotlib() -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise StreamnormError(
+            "plotting needs matplotlib, which is not installed; install the plot extra: "
+            "pip install 'streamnorm[plot]'"
+        ) from exc
+    return Figure, FigureCanvasAgg
+
+
+def plot(
+    stats_by_split: Mapping[str, Stats],
+    out: str | None = None,
+    title: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> bytes:
+    """A PNG of per-feature mean +- std and min/max for each split, plus
+    per-feature histograms where the statistics carry them.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend
+    change). Features beyond the first 64 are left out of the plot.
+
+    Parameters
+    ----------
+    stats_by_split : mapping of split name -> Stats
+    out : str, optional
+        File or fsspec URL to write the PNG to.
+    title : str, optional
+    storage_options : mapping, optional
+        fsspec options for ``out``.
+
+    Returns
+    -------
+    bytes
+        The PNG.
+
+    Raises
+    ------
+    StreamnormError
+        When matplotlib (the ``plot`` extra) is missing or no statistics are given.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> s = sn.compute_stats([np.random.default_rng(0).normal(size=(100, 3))], layout="NF")
+    >>> plot({"train": s})[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    True
+    """
+    Figure, FigureCanvasAgg = _matplotlib()
+    if not stats_by_split:
+        raise StreamnormError("nothing to plot: no statistics given")
+    splits = list(stats_by_split)
+    first = stats_by_split[splits[0]]
+    n_feat = min(first.n_features, MAX_PLOTTED_FEATURES)
+    names = list(first.feature_names[:n_feat])
+    hist_splits = [s for s in splits if stats_by_split[s].histogram is not None]
+    n_hist = min(n_feat, MAX_HISTOGRAM_PANELS) if hist_splits else 0
+    width = max(6.0, min(24.0, 1.2 + 0.45 * n_feat * max(1, len(splits)) ** 0.5))
+    rows = 1 + (1 if n_hist else 0)
+    fig = Figure(figsize=(width, 3.8 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(rows, max(1, n_hist))
+    ax = fig.add_subplot(grid[0, :])
+    x = np.arange(n_feat, dtype=float)
+    step = 0.8 / max(1, len(splits))
+    for i, split in enumerate(splits):
+        stats = stats_by_split[split]
+        if stats.feature_names[:n_feat] != tuple(names):
+            raise IncompatibleStatsError(
+                f"split {split!r} has other features than {splits[0]!r}; plot them separately"
+            )
+        xs = x - 0.4 + step * (i + 0.5)
+        mean, std = stats.mean[:n_feat], stats.std[:n_feat]
+        line = ax.errorbar(xs, mean, yerr=std, fmt="o", capsize=3, markersize=4,
+                           label=f"{split}: mean ± std")
+        color = line[0].get_color()
+        ax.scatter(xs, stats.min[:n_feat], marker="v", s=14, color=color, alpha=0.6)
+        ax.scatter(xs, stats.max[:n_feat], marker="^", s=14, color=color, alpha=0.6)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90 if n_feat > 12 else 0, fontsize=8)
+    ax.set_xlabel("feature")
+    ax.set_ylabel("value (▼ min, ▲ max)")
+    shown = "" if first.n_features <= n_feat else f" (first {n_feat} of {first.n_features})"
+    ax.set_title((title or "per-feature statistics") + shown)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    for f in range(n_hist):
+        hax = fig.add_subplot(grid[1, f])
+        for split in hist_splits:
+            stats = stats_by_split[split]
+            hist = stats.histogram[f].astype(float)
+            total = hist.sum()
+            if total:
+                values = np.arange(hist.size) + stats.histogram_offset
+                hax.step(values, hist / total, where="mid", label=split, linewidth=1)
+        hax.set_title(f"{names[f]}", fontsize=9)
+        hax.tick_params(labelsize=7)
+        if f == 0:
+            hax.set_ylabel("fraction")
+            hax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    data = buf.getvalue()
+    if out is not None:
+        from .fsutil import resolve_url, write_bytes_atomic
+
+        fs, path = resolve_url(out, storage_options)
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        try:
+            if parent:
+                fs.makedirs(parent, exist_ok=True)
+            write_bytes_atomic(fs, path, data, overwrite=True)
+        except OSError as exc:
+            raise StreamnormError(f"cannot write the plot to {out}: {exc}") from exc
+    return data

@@ -1,0 +1,438 @@
+"""``streamnorm``: compute, inspect, compare and plot per-split statistics.
+
+Exit status: 0 on success, 2 for usage errors (bad options, bad split names,
+bad layouts), 1 for data errors (missing or unreadable files, undecodable
+images, no numeric columns, a split that exists already...). Errors are one
+line on stderr that names the file and the problem; ``--debug`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from .errors import LayoutError, SplitNameError, StreamnormError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "streamnorm"
+
+EPILOG_MAIN = """\
+examples:
+  streamnorm demo
+  streamnorm compute data/train/*.parquet --store stats/ --split train
+  streamnorm compute images/train --store stats/ --split train --histogram
+  streamnorm compute s3://bucket/ds/train/ --store s3://bucket/ds/stats --split train \\
+      --engine dask --scheduler tcp://10.0.0.5:8786 --checkpoint s3://bucket/ckpt/train
+  streamnorm show stats/ --split train
+  streamnorm diff stats/ train test
+  streamnorm plot stats/ --out stats.png
+
+exit status: 0 ok, 1 data error (one line on stderr naming the file), 2 usage error.
+"""
+
+EPILOG_COMPUTE = """\
+SOURCE is any mix of files, folders (searched recursively), globs and fsspec
+URLs of one kind:
+  Parquet      numeric columns -> layout NF, one feature per column
+               (--columns to choose; --image-column for encoded images;
+               one fixed-size-list / tensor column with --layout)
+  PNG / JPEG   -> NHWC uint8 (RGB: gray repeated, alpha dropped; --image-mode L
+               for one luma channel); ImageFolder class folders are fine
+  .npy         memory-mapped; --layout says what it holds (default N or NF)
+
+examples:
+  streamnorm compute train.parquet --store stats/ --split train
+  streamnorm compute 'data/part-*.parquet' --columns age,income --nan-policy omit \\
+      --store stats/ --split train
+  streamnorm compute imagenet/train --store stats/ --split train --histogram \\
+      --workers 8 --checkpoint /tmp/ckpt-train --skip-bad
+  streamnorm compute x_train.npy --layout NCHW --store stats/ --split train
+  streamnorm compute gs://bucket/ds/ --store gs://bucket/stats --split train \\
+      --engine dask --storage-options '{"token": "cloud"}'
+
+A run with --checkpoint can be killed at any time; run the same command again to
+resume: finished shards are not read again and the result is bit-identical.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} "
+                     f"(see {self.prog} --help)\n")
+
+
+class UsageError(Exception):
+    """An option value that is wrong whatever the data: exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _storage_options(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--storage-options must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--storage-options must be a JSON object, e.g. "
+                                         "'{\"anon\": true}'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``streamnorm`` argument parser."""
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of errors")
+    parser = _Parser(
+        prog=PROG,
+        description="Exact one-pass dataset statistics per split, stored as Parquet.",
+        epilog=EPILOG_MAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[debug],
+    )
+    from ._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"streamnorm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    c = sub.add_parser(
+        "compute", parents=[debug], help="compute the statistics of one split and store them",
+        description="Compute the statistics of SOURCE and save them as split NAME of the "
+                    "store at ROOT (ROOT/split=NAME/stats.parquet).",
+        epilog=EPILOG_COMPUTE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="Parquet/image/.npy files, folders, globs or fsspec URLs")
+    c.add_argument("--store", required=True, metavar="ROOT", help="store root (folder or URL)")
+    c.add_argument("--split", required=True, metavar="NAME", help="split name, e.g. train")
+    c.add_argument("--layout", metavar="L",
+                   help="what the data holds: NCHW, NHWC, NF... (.npy and tensor columns)")
+    c.add_argument("--columns", metavar="a,b",
+                   help="Parquet columns to use (default: every numeric column)")
+    c.add_argument("--image-column", metavar="COL",
+                   help="Parquet column of encoded PNG/JPEG images")
+    c.add_argument("--image-mode", choices=("RGB", "L"), default="RGB",
+                   help="decode images as RGB (default) or L (one luma channel)")
+    c.add_argument("--histogram", action="store_true",
+                   help="keep exact 256-bin histograms (8-bit data): quantiles, median, IQR")
+    c.add_argument("--nan-policy", choices=("raise", "omit", "propagate"), default="raise",
+                   help="NaN/inf and Parquet nulls: raise (default), omit (skip and count), "
+                        "propagate")
+    c.add_argument("--engine", choices=("local", "dask"), default="local",
+                   help="local (default) or dask")
+    c.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler, e.g. tcp://host:8786 (default: a local cluster)")
+    c.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="parallel workers (default: number of CPUs)")
+    c.add_argument("--checkpoint", metavar="DIR",
+                   help="keep finished shards here; rerun the same command to resume")
+    c.add_argument("--overwrite", action="store_true", help="replace the split if it exists")
+    c.add_argument("--skip-bad", action="store_true",
+                   help="skip images that fail to decode (and report them) instead of stopping")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--storage-options", type=_storage_options, default=None, metavar="JSON",
+                   help="fsspec options for every URL (sources, store, checkpoint)")
+    c.set_defaults(func=_cmd_compute)
+
+    s = sub.add_parser(
+        "show", parents=[debug], help="print the statistics of one or every split",
+        description="Print per-feature count, mean, std, min, max and nan_count (and "
+                    "quantiles when a histogram exists).",
+        epilog="examples:\n  streamnorm show stats/\n  streamnorm show stats/ --split train "
+               "--format json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("root", metavar="ROOT")
+    s.add_argument("--split", metavar="NAME", help="one split (default: all)")
+    s.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    s.add_argument("--storage-options", type=_storage_options, default=None, metavar="JSON")
+    s.set_defaults(func=_cmd_show)
+
+    d = sub.add_parser(
+        "diff", parents=[debug], help="compare two splits feature by feature",
+        description="Per feature: standardized mean difference (SMD), std ratio and, with "
+                    "histograms, the KS distance of OTHER against BASE. Features beyond the "
+                    "threshold are flagged: |SMD| > T, std ratio outside [1/(1+T), 1+T], "
+                    "KS > T.",
+        epilog="examples:\n  streamnorm diff stats/ train test\n"
+               "  streamnorm diff stats/ train val --threshold 0.2 --format json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("root", metavar="ROOT")
+    d.add_argument("base", metavar="BASE")
+    d.add_argument("other", metavar="OTHER")
+    d.add_argument("--threshold", type=_positive_float, default=0.1, metavar="T",
+                   help="flag threshold (default 0.1)")
+    d.add_argument("--format", choices=("table", "json"), default="table")
+    d.add_argument("--storage-options", type=_storage_options, default=None, metavar="JSON")
+    d.set_defaults(func=_cmd_diff)
+
+    p = sub.add_parser(
+        "plot", parents=[debug], help="plot per-feature statistics of the splits to a PNG",
+        description="Per-feature mean ± std and min/max for each split (and histograms where "
+                    "present), as a PNG. Needs the plot extra: pip install 'streamnorm[plot]'.",
+        epilog="examples:\n  streamnorm plot stats/ --out stats.png\n"
+               "  streamnorm plot stats/ --split train --out train.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("--split", metavar="NAME", action="append",
+                   help="split to plot (repeatable; default: all)")
+    p.add_argument("--storage-options", type=_storage_options, default=None, metavar="JSON")
+    p.set_defaults(func=_cmd_plot)
+
+    m = sub.add_parser(
+        "demo", parents=[debug], help="run the whole workflow on a generated dataset",
+        description="Generate a small image dataset and a tabular Parquet file with "
+                    "train/val/test splits, compute and store their statistics, show and diff "
+                    "them, and run one DeviceLoader epoch on the images.",
+        epilog="example:\n  streamnorm demo --workdir /tmp/sn-demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("--workdir", metavar="DIR", help="where to write (default: a new temp dir)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars")
+    m.set_defaults(func=_cmd_demo)
+    return parser
+
+
+# ---------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    # None: tqdm shows the bar only when stderr is a terminal.
+    return False if args.no_progress else None
+
+
+def _check_split(name: str) -> str:
+    from .store import check_split_name
+
+    try:
+        return check_split_name(name)
+    except SplitNameError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_compute(args: argparse.Namespace) -> int:
+    from . import engine
+    from .layout import parse_layout
+    from .store import StatsStore
+
+    _check_split(args.split)
+    if args.layout is not None:
+        try:
+            parse_layout(args.layout)
+        except LayoutError as exc:
+            raise UsageError(f"--layout: {exc}") from None
+    if args.scheduler and args.engine != "dask":
+        raise UsageError("--scheduler needs --engine dask")
+    columns = None
+    if args.columns is not None:
+        columns = [c.strip() for c in args.columns.split(",")]
+        if not all(columns):
+            raise UsageError(f"--columns must be comma-separated column names, got {args.columns!r}")
+    if columns and args.image_column:
+        raise UsageError("pass --columns or --image-column, not both")
+    so = args.storage_options
+    store = StatsStore(args.store, so)
+    if not args.overwrite and store.exists(args.split):
+        raise StreamnormError(
+            f"{store.url(args.split)}: the store already has split {args.split!r}; pass "
+            f"--overwrite to replace it, or choose another --split"
+        )
+    run = engine.compute(
+        args.sources, layout=args.layout, columns=columns, image_column=args.image_column,
+        image_mode=args.image_mode, storage_options=so, histogram=args.histogram,
+        nan_policy=args.nan_policy, skip_bad=args.skip_bad, engine=args.engine,
+        workers=args.workers, scheduler=args.scheduler, checkpoint=args.checkpoint,
+        checkpoint_storage_options=so, progress=_progress(args),
+    )
+    source = {**run.summary(), "inputs": [str(p) for p in args.sources]}
+    path = store.save(run.stats, args.split, overwrite=args.overwrite, source=source)
+    if run.skipped:
+        shown = "; ".join(f"{w} ({r})" for w, r in run.skipped[:3])
+        more = f"; and {len(run.skipped) - 3} more" if len(run.skipped) > 3 else ""
+        sys.stderr.write(f"{PROG}: skipped {len(run.skipped)} undecodable image(s): "
+                         f"{shown}{more}\n")
+    rate = run.nbytes / run.seconds / 2**20 if run.seconds > 0 else 0.0
+    resumed = f", {run.resumed} from the checkpoint" if run.resumed else ""
+    _out(
+        f"saved split {args.split!r} to {path}: {run.stats.n_features} features "
+        f"({run.stats.layout}, {run.stats.dtype}), {run.rows:,} {run.source.unit}, "
+        f"{run.shards} shard(s){resumed}, {run.nbytes / 2**20:.1f} MiB in {run.seconds:.2f} s "
+        f"({rate:.0f} MiB/s)"
+        + (f", {len(run.skipped)} skipped" if run.skipped else "")
+    )
+    return 0
+
+
+def _load_splits(root: str, splits: Sequence[str] | None, so: Any) -> dict[str, Any]:
+    from .store import StatsStore
+
+    for name in splits or ():
+        _check_split(name)
+    store = StatsStore(root, so)
+    if not splits:
+        splits = store.splits()
+        if not splits:
+            raise StreamnormError(
+                f"{root}: no statistics found (expected {root.rstrip('/')}/split=<name>/"
+                f"stats.parquet); create them with: streamnorm compute SOURCE --store {root} "
+                f"--split NAME"
+            )
+    return store.load_many(list(splits))
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from . import report
+
+    loaded = _load_splits(args.root, [args.split] if args.split else None, args.storage_options)
+    per_split = {name: report.summary_rows(stats) for name, stats in loaded.items()}
+    if args.format == "json":
+        _out(report.to_json({
+            name: {"layout": loaded[name].layout, "dtype": loaded[name].dtype, "features": rows}
+            for name, rows in per_split.items()
+        }))
+        return 0
+    if args.format == "csv":
+        columns = ["split", "feature", "count", "mean", "std", "min", "max", "nan_count"]
+        if any(s.histogram is not None for s in loaded.values()):
+            columns += [q for q, _ in report.QUANTILES]
+        rows = [{"split": name, **row} for name, rows in per_split.items() for row in rows]
+        sys.stdout.write(report.to_csv(rows, columns))
+        return 0
+    for i, (name, rows) in enumerate(per_split.items()):
+        stats = loaded[name]
+        if i:
+            _out()
+        _out(f"split {name}: {stats.n_features} features, layout {stats.layout}, "
+             f"dtype {stats.dtype}")
+        _out(report.format_table(rows))
+    return 0
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from . import report
+
+    loaded = _load_splits(args.root, [args.base, args.other], args.storage_options)
+    result = report.diff(loaded[args.base], loaded[args.other], threshold=args.threshold,
+                         names=(args.base, args.other))
+    if args.format == "json":
+        _out(report.to_json(result.to_dict()))
+        return 0
+    columns = ["feature", "mean_base", "mean_other", "smd", "std_ratio", "ks", "flagged",
+               "reasons"]
+    rows = [dict(r, mean_base=r["mean_base"], mean_other=r["mean_other"]) for r in result.rows]
+    header = [c.replace("_base", f"({args.base})").replace("_other", f"({args.other})")
+              for c in columns]
+    renamed = [{h: r[c] for h, c in zip(header, columns)} for r in rows]
+    _out(f"{args.other} vs {args.base}: standardized mean difference, std ratio, KS distance "
+         f"(threshold {args.threshold:g})")
+    _out(report.format_table(renamed, header))
+    flagged = result.flagged
+    _out(f"{len(flagged)} of {len(rows)} feature(s) beyond the threshold"
+         + (f": {', '.join(flagged[:20])}" + (" ..." if len(flagged) > 20 else "")
+            if flagged else ""))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from . import report
+
+    loaded = _load_splits(args.root, args.split, args.storage_options)
+    data = report.plot(loaded, out=args.out, title=f"statistics in {args.root}",
+                       storage_options=args.storage_options)
+    _out(f"wrote {args.out} ({len(data):,} bytes, splits: {', '.join(loaded)})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="streamnorm-demo-")
+    run_demo(workdir, progress=_progress(args), echo=_out)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, 1 or 2).
+
+    Examples
+    --------
+    >>> main(["show", "memory://no-such-store"])  # doctest: +SKIP
+    1
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        sub = f"{PROG} {args.command}"
+        sys.stderr.write(f"{sub}: error: {_one_line(exc)} (see {sub} --help)\n")
+        if debug:
+            traceback.print_exc()
+        return 2
+    except StreamnormError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
+        return 1
+    except OSError as exc:
+        # Filesystem errors that escaped a more specific message (permissions,
+        # disk full, network): still one line, with the path when known.
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        sys.stderr.write(f"{PROG}: error: {where}{exc.strerror or _one_line(exc)}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

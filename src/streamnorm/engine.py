@@ -72,6 +72,7 @@ __all__ = [
     "TqdmProgress",
     "compute",
     "compute_shard",
+    "merge_results",
     "tree_merge",
 ]
 
@@ -143,9 +144,7 @@ def compute_shard(
 
 def _fresh(result: ShardResult) -> ShardResult:
     """Re-validate statistics that crossed a process boundary (read-only arrays again)."""
-    if result.stats is None:
-        return result
-    return dataclasses.replace(result, stats=dataclasses.replace(result.stats))
+    return dataclasses.replace(result, parts=tuple(dataclasses.replace(p) for p in result.parts))
 
 
 def tree_merge(parts: Sequence[Stats]) -> Stats:
@@ -172,6 +171,42 @@ def tree_merge(parts: Sequence[Stats]) -> Stats:
     return level[0]
 
 
+def merge_results(
+    results: Sequence[ShardResult], order: Sequence[str] | None = None
+) -> Stats | None:
+    """Merge shard results (in the order given) into one :class:`Stats`.
+
+    Each feature group of the partials is merged with :func:`tree_merge`, so
+    a table's integer columns stay exact. When shards group their features
+    differently (a column stored as integers in one file and as floats in
+    another), features are merged one by one, with the same tree and
+    therefore the same bits. ``order`` sets the order of the features in the
+    result (default: that of the first shard).
+    """
+    from .sources import combine_parts, select_features
+
+    full = [r for r in results if r.parts]
+    if not full:
+        return None
+    if order is None:
+        order = [name for p in full[0].parts for name in p.feature_names]
+    shapes = {tuple(p.feature_names for p in r.parts) for r in full}
+    if len(shapes) == 1:
+        groups = [tree_merge([r.parts[g] for r in full]) for g in range(len(full[0].parts))]
+    else:
+        per_feature: dict[str, list[Stats]] = {name: [] for name in order}
+        for r in full:
+            for part in r.parts:
+                for i, name in enumerate(part.feature_names):
+                    if name not in per_feature:
+                        raise StreamnormError(
+                            f"shard {r.shard_id} has a feature {name!r} that others lack"
+                        )
+                    per_feature[name].append(select_features(part, [i]))
+        groups = [tree_merge(per_feature[name]) for name in order]
+    return combine_parts(groups, order)
+
+
 # ---------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------
@@ -184,7 +219,8 @@ class Checkpoint:
 
         DIR/manifest.json                         what the run computes
         DIR/split=shard-<sha1>/stats.parquet      a shard's partial statistics
-        DIR/done/<sha1>.json                      rows, bytes, skipped records
+        DIR/split=shard-<sha1>.1/stats.parquet    its second feature group, if any
+        DIR/done/<sha1>.json                      parts, rows, bytes, skipped records
 
     A shard counts as done once its marker exists; the marker is written
     (atomically) after its statistics, so a run killed in between redoes the
@@ -278,16 +314,18 @@ class Checkpoint:
             if marker is None or marker.get("shard") != by_digest[digest].id:
                 continue
             markers[digest] = marker
-        with_stats = [d for d, m in markers.items() if m.get("has_stats")]
-        existing = {d for d in with_stats if self.store.exists(f"shard-{d}")}
-        loaded = self.store.load_many([f"shard-{d}" for d in sorted(existing)])
+        wanted = {d: _part_splits(d, int(m.get("parts", 0))) for d, m in markers.items()}
+        present = {name for names in wanted.values() for name in names
+                   if self.store.exists(name)}
+        loaded = self.store.load_many(sorted(present))
         out = {}
         for digest, marker in markers.items():
-            if marker.get("has_stats") and digest not in existing:
+            names = wanted[digest]
+            if any(name not in present for name in names):
                 continue  # statistics vanished: redo the shard
-            stats = loaded.get(f"shard-{digest}")
             out[marker["shard"]] = ShardResult(
-                marker["shard"], stats, int(marker["rows"]), int(marker["nbytes"]),
+                marker["shard"], tuple(loaded[name] for name in names), int(marker["rows"]),
+                int(marker["nbytes"]),
                 tuple((str(w), str(r)) for w, r in marker.get("skipped", [])),
             )
         return out
@@ -295,16 +333,19 @@ class Checkpoint:
     def record(self, result: ShardResult) -> None:
         """Save one finished shard: statistics first, then its done marker."""
         digest = shard_digest(result.shard_id)
-        if result.stats is not None:
-            self.store.save(result.stats, f"shard-{digest}", overwrite=True,
-                            source={"shard": result.shard_id})
+        for name, part in zip(_part_splits(digest, len(result.parts)), result.parts):
+            self.store.save(part, name, overwrite=True, source={"shard": result.shard_id})
         self._write_json(f"{self._path}/{self.DONE}/{digest}.json", {
             "shard": result.shard_id,
-            "has_stats": result.stats is not None,
+            "parts": len(result.parts),
             "rows": result.rows,
             "nbytes": result.nbytes,
             "skipped": [list(s) for s in result.skipped],
         })
+
+
+def _part_splits(digest: str, n: int) -> list[str]:
+    return [f"shard-{digest}" + (f".{k}" if k else "") for k in range(n)]
 
 
 def json_safe(value: Any) -> Any:
@@ -594,14 +635,14 @@ def compute(
         if bar is not None:
             bar.close()
     ordered = [results[s.id] for s in sorted(source.shards, key=lambda s: s.id)]
-    parts = [r.stats for r in ordered if r.stats is not None]
+    stats = merge_results(ordered, source.feature_names)
     skipped = tuple(item for r in ordered for item in r.skipped)
-    if not parts:
+    if stats is None:
         what = (f"all {len(skipped)} images failed to decode and were skipped"
                 if skipped else "the sources hold no rows")
         raise StreamnormError(f"no data to compute statistics from: {what}")
     return RunResult(
-        stats=tree_merge(parts),
+        stats=stats,
         source=source,
         shards=len(source.shards),
         resumed=resumed,

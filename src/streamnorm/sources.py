@@ -83,8 +83,10 @@ __all__ = [
     "ShardResult",
     "Source",
     "SourceError",
+    "combine_parts",
     "concat_features",
     "open_source",
+    "select_features",
 ]
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -290,8 +292,12 @@ class ShardResult:
     Attributes
     ----------
     shard_id : str
-    stats : Stats or None
-        ``None`` when the shard held no data (empty row groups, every image skipped).
+    parts : tuple of Stats
+        The shard's statistics as one or more groups of features. A table's
+        integer columns form their own group so that they keep their exact
+        integer sums through every merge (a :class:`~streamnorm.Stats` holds
+        exact sums for all of its features or for none); empty when the
+        shard held no data.
     rows : int
         Rows (tables, arrays) or images read.
     nbytes : int
@@ -301,10 +307,43 @@ class ShardResult:
     """
 
     shard_id: str
-    stats: Stats | None
+    parts: tuple[Stats, ...]
     rows: int = 0
     nbytes: int = 0
     skipped: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def stats(self) -> Stats | None:
+        """The shard's statistics in one value (``None`` for an empty shard)."""
+        return combine_parts(self.parts) if self.parts else None
+
+
+def combine_parts(parts: Sequence[Stats], order: Sequence[str] | None = None) -> Stats:
+    """Feature groups side by side, in ``order`` (default: as the groups come)."""
+    if len(parts) == 1 and order is None:
+        return parts[0]
+    layout = parts[0].layout
+    combined = concat_features(parts, layout)
+    if order is not None and tuple(order) != combined.feature_names:
+        index = {name: i for i, name in enumerate(combined.feature_names)}
+        combined = select_features(combined, [index[name] for name in order])
+    return combined
+
+
+def select_features(stats: Stats, indices: Sequence[int]) -> Stats:
+    """The statistics of some features only (in the order given)."""
+    idx = list(indices)
+    take = lambda a: None if a is None else a[idx]
+    return Stats(
+        layout=stats.layout,
+        feature_names=tuple(stats.feature_names[i] for i in idx),
+        dtype=stats.dtype,
+        count=stats.count[idx], nan_count=stats.nan_count[idx], mean=stats.mean[idx],
+        m2=stats.m2[idx], min=stats.min[idx], max=stats.max[idx],
+        histogram=take(stats.histogram),
+        int_sum=None if stats.int_sum is None else tuple(stats.int_sum[i] for i in idx),
+        int_sumsq=None if stats.int_sumsq is None else tuple(stats.int_sumsq[i] for i in idx),
+    )
 
 
 def concat_features(parts: Sequence[Stats], layout: str = "NF") -> Stats:
@@ -587,9 +626,12 @@ class Shard:
                     accs[j].update(values.reshape(-1, 1))
                     seen[j] = True
         if rows == 0 and not any(seen):
-            return ShardResult(self.id, None, 0, self.nbytes)
-        parts = [_add_nan(acc.result(), [extra]) for acc, extra in zip(accs, extra_nan)]
-        return ShardResult(self.id, concat_features(parts, "NF"), rows, self.nbytes)
+            return ShardResult(self.id, (), 0, self.nbytes)
+        columns = [_add_nan(acc.result(), [extra]) for acc, extra in zip(accs, extra_nan)]
+        exact = [c for c in columns if c.int_sum is not None]
+        other = [c for c in columns if c.int_sum is None]
+        groups = tuple(concat_features(g, "NF") for g in (exact, other) if g)
+        return ShardResult(self.id, groups, rows, self.nbytes)
 
     def _tensor_values(self, col: Any, policy: str) -> tuple[np.ndarray, int]:
         """A tensor column's batch as ``(rows, *shape)`` and the null rows dropped."""
@@ -598,7 +640,7 @@ class Shard:
         shape = self.options.tensor_shape
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks()
-        if isinstance(col.type, pa.ExtensionType):
+        if isinstance(col.type, pa.BaseExtensionType):
             col = col.storage
         dropped = 0
         valid: np.ndarray | None = None
@@ -610,7 +652,7 @@ class Shard:
                 valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         n_rows = len(col)
         flat = col
-        for _ in shape:
+        while pa.types.is_fixed_size_list(flat.type):
             flat = flat.flatten()
         if flat.null_count and not pa.types.is_floating(flat.type):
             raise NonFiniteError(
@@ -647,12 +689,12 @@ class Shard:
                 acc.update(values)
                 seen = True
         if not seen:
-            return ShardResult(self.id, None, 0, self.nbytes)
+            return ShardResult(self.id, (), 0, self.nbytes)
         stats = acc.result()
         if dropped:
             per_feature = int(np.prod(self.options.tensor_shape)) // max(stats.n_features, 1)
             stats = _add_nan(stats, [dropped * per_feature] * stats.n_features)
-        return ShardResult(self.id, stats, rows, self.nbytes)
+        return ShardResult(self.id, (stats,), rows, self.nbytes)
 
     # -- images -------------------------------------------------------------
     def _images(
@@ -714,8 +756,8 @@ class Shard:
         for _where, image in self._images(skip_bad, skipped):
             acc.update(image[None])
             n += 1
-        stats = acc.result() if n else None
-        return ShardResult(self.id, stats, n, self.nbytes, tuple(skipped))
+        parts = (acc.result(),) if n else ()
+        return ShardResult(self.id, parts, n, self.nbytes, tuple(skipped))
 
     # -- .npy ---------------------------------------------------------------
     def _npy_batches(self) -> Iterator[np.ndarray]:
@@ -751,7 +793,7 @@ class Shard:
         for chunk in self._npy_batches():
             acc.update(chunk)
             rows += chunk.shape[0]
-        return ShardResult(self.id, acc.result(), rows, self.nbytes)
+        return ShardResult(self.id, (acc.result(),), rows, self.nbytes)
 
 
 def _with_where(exc: StreamnormError, where: str) -> StreamnormError:
@@ -1021,7 +1063,7 @@ def _tensor_shape(typ: Any) -> tuple[tuple[int, ...], Any] | None:
     """Shape and value type of a fixed-size-list / fixed_shape_tensor column type."""
     import pyarrow as pa
 
-    if isinstance(typ, pa.ExtensionType):
+    if isinstance(typ, pa.BaseExtensionType):
         if getattr(typ, "extension_name", "") == "arrow.fixed_shape_tensor":
             perm = typ.permutation
             if perm is not None and list(perm) != sorted(perm):

@@ -1,0 +1,495 @@
+"""numba reducers: serial, ``nogil``, no Python objects inside.
+
+Every kernel fills fresh per-call partial arrays; the caller merges partials
+(across threads, batches, shards) in a fixed order. That keeps the kernels free
+of shared state, makes a failed batch leave the running state untouched, and
+lets Python threads run kernels in parallel without ``prange`` races.
+
+All integer kernels share one signature, ``(x, xor, s, q0, q1, q2, mn, mx)``;
+only the 32-bit ones use ``q1``/``q2``.
+
+Integer kernels see *unsigned* views: a signed batch is read through its
+unsigned view and XOR-ed with the sign bit, which maps ``v`` to ``v + 2**(b-1)``
+without a copy. Sums of those offsets are exact, and the caller converts them
+back with exact integer arithmetic. Chunk sizes keep every narrow accumulator
+from overflowing:
+
+- 8-bit planes: int32 sums over 32768 values (255**2 * 32768 < 2**31);
+- 8-bit columns: uint16 sums over 256 rows, uint32 squares over 65536 rows;
+- 16-bit: int64 squares (each < 2**32), the caller bounds values per call;
+- 32-bit: ``u = h * 2**16 + l`` and ``u**2 = h*h*2**32 + h*l*2**17 + l*l``,
+  three int64 sums whose terms are each < 2**32.
+
+Float kernels accumulate in float64 about a per-feature shift ``k`` (the first
+finite value seen), chunk by chunk: a two-pass mean/M2 per chunk of a few KB
+(the second pass reads from cache), then Chan's merge into the running partial.
+No ``fastmath``: it would fold away the non-finite checks.
+
+Set ``STREAMNORM_DISABLE_JIT=1`` to run the very same functions as plain Python
+(slow; for debugging and for the test that both agree).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+__all__ = ["JIT_ENABLED", "CACHE_ENABLED", "DISABLE_JIT_ENV"]
+
+DISABLE_JIT_ENV = "STREAMNORM_DISABLE_JIT"
+JIT_ENABLED = os.environ.get(DISABLE_JIT_ENV, "").strip().lower() in ("", "0", "false", "no")
+CACHE_ENABLED = True
+
+PLANE_CHUNK_8BIT = 32768
+PLANE_LANES = 64
+FLOAT_CHUNK_BYTES = 32768
+
+POLICY_RAISE = 0
+POLICY_OMIT = 1
+POLICY_PROPAGATE = 2
+
+
+def _jit(fn):
+    """``njit(nogil=True, cache=True)``, falling back to no cache.
+
+    numba refuses ``cache=True`` at decoration time when neither the package's
+    ``__pycache__`` nor a user cache directory is writable (read-only
+    site-packages in a container). Compiling without a cache is slower at
+    first call but correct, so that is the fallback.
+    """
+    global CACHE_ENABLED
+    if not JIT_ENABLED:
+        return fn
+    import numba
+
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except (RuntimeError, OSError) as exc:  # no writable cache locator
+        if CACHE_ENABLED:
+            warnings.warn(
+                f"streamnorm: numba cannot cache compiled kernels ({exc}); they will be "
+                f"compiled on first use in every process. Set NUMBA_CACHE_DIR to a "
+                f"writable folder to avoid that.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        CACHE_ENABLED = False
+        return numba.njit(nogil=True, cache=False)(fn)
+
+
+# --------------------------------------------------------------------------
+# integers
+# --------------------------------------------------------------------------
+
+
+@_jit
+def u8_planes(x, xor, s, q, q1, q2, mn, mx):
+    """(O, F, I) uint8 -> per-feature sum, sum of squares, min, max of ``x ^ xor``."""
+    n_outer, n_feat, n_inner = x.shape
+    for o in range(n_outer):
+        for f in range(n_feat):
+            lo = np.int32(mn[f])
+            hi = np.int32(mx[f])
+            ss = np.int64(0)
+            qq = np.int64(0)
+            i0 = 0
+            while i0 < n_inner:
+                i1 = min(n_inner, i0 + PLANE_CHUNK_8BIT)
+                chunk = x[o, f, i0:i1]
+                a = np.int32(0)
+                b = np.int32(0)
+                for i in range(chunk.shape[0]):
+                    v = np.int32(chunk[i] ^ xor)
+                    a += v
+                    b += v * v
+                    lo = v if v < lo else lo
+                    hi = v if v > hi else hi
+                ss += np.int64(a)
+                qq += np.int64(b)
+                i0 = i1
+            s[f] += ss
+            q[f] += qq
+            mn[f] = lo
+            mx[f] = hi
+
+
+@_jit
+def u8_cols(x, xor, s, q, q1, q2, mn, mx):
+    """(R, W) uint8 -> per-column sum, sum of squares, min, max of ``x ^ xor``."""
+    n_rows, width = x.shape
+    bs = np.zeros(width, np.uint16)
+    bq = np.zeros(width, np.uint32)
+    lo = np.full(width, 255, np.uint8)
+    hi = np.zeros(width, np.uint8)
+    r0 = 0
+    blocks = 0
+    while r0 < n_rows:
+        r1 = min(n_rows, r0 + 256)
+        for r in range(r0, r1):
+            for j in range(width):
+                v = np.uint8(x[r, j] ^ xor)
+                w = np.uint16(v)
+                bs[j] += w
+                bq[j] += np.uint32(w * w)
+                lo[j] = v if v < lo[j] else lo[j]
+                hi[j] = v if v > hi[j] else hi[j]
+        for j in range(width):
+            s[j] += np.int64(bs[j])
+            bs[j] = 0
+        blocks += 1
+        r0 = r1
+        if blocks == 256 or r0 >= n_rows:
+            for j in range(width):
+                q[j] += np.int64(bq[j])
+                bq[j] = 0
+            blocks = 0
+    for j in range(width):
+        if np.int64(lo[j]) < mn[j]:
+            mn[j] = lo[j]
+        if np.int64(hi[j]) > mx[j]:
+            mx[j] = hi[j]
+
+
+@_jit
+def u8_hist_planes(x, xor, hist):
+    """(O, F, I) uint8 -> hist[f, x ^ xor] += 1."""
+    n_outer, n_feat, n_inner = x.shape
+    for o in range(n_outer):
+        for f in range(n_feat):
+            span = x[o, f, :]
+            for i in range(span.shape[0]):
+                hist[f, span[i] ^ xor] += 1
+
+
+@_jit
+def u8_hist_cols(x, xor, hist):
+    """(R, F) uint8 -> hist[f, x ^ xor] += 1."""
+    n_rows, n_feat = x.shape
+    for r in range(n_rows):
+        for f in range(n_feat):
+            hist[f, x[r, f] ^ xor] += 1
+
+
+@_jit
+def u16_planes(x, xor, s, q, q1, q2, mn, mx):
+    """(O, F, I) uint16 -> sum, sum of squares (each square < 2**32), min, max."""
+    n_outer, n_feat, n_inner = x.shape
+    for o in range(n_outer):
+        for f in range(n_feat):
+            lo = mn[f]
+            hi = mx[f]
+            a = np.int64(0)
+            b = np.int64(0)
+            span = x[o, f, :]
+            for i in range(span.shape[0]):
+                v = np.int64(span[i] ^ xor)
+                a += v
+                b += v * v
+                lo = v if v < lo else lo
+                hi = v if v > hi else hi
+            s[f] += a
+            q[f] += b
+            mn[f] = lo
+            mx[f] = hi
+
+
+@_jit
+def u16_cols(x, xor, s, q, q1, q2, mn, mx):
+    """(R, W) uint16 -> per-column sum, sum of squares, min, max of ``x ^ xor``."""
+    n_rows, width = x.shape
+    bs = np.zeros(width, np.uint32)
+    bq = np.zeros(width, np.uint64)
+    lo = np.full(width, 65535, np.uint16)
+    hi = np.zeros(width, np.uint16)
+    r0 = 0
+    while r0 < n_rows:
+        r1 = min(n_rows, r0 + 65536)
+        for r in range(r0, r1):
+            for j in range(width):
+                v = np.uint16(x[r, j] ^ xor)
+                w = np.uint32(v)
+                bs[j] += w
+                bq[j] += np.uint64(w * w)
+                lo[j] = v if v < lo[j] else lo[j]
+                hi[j] = v if v > hi[j] else hi[j]
+        for j in range(width):
+            s[j] += np.int64(bs[j])
+            q[j] += np.int64(bq[j])
+            bs[j] = 0
+            bq[j] = 0
+        r0 = r1
+    for j in range(width):
+        if np.int64(lo[j]) < mn[j]:
+            mn[j] = lo[j]
+        if np.int64(hi[j]) > mx[j]:
+            mx[j] = hi[j]
+
+
+@_jit
+def u32_planes(x, xor, s, qhh, qhl, qll, mn, mx):
+    """(O, F, I) uint32 -> sum and the three split-square sums, min, max."""
+    n_outer, n_feat, n_inner = x.shape
+    for o in range(n_outer):
+        for f in range(n_feat):
+            lo = mn[f]
+            hi = mx[f]
+            a = np.int64(0)
+            b0 = np.int64(0)
+            b1 = np.int64(0)
+            b2 = np.int64(0)
+            span = x[o, f, :]
+            for i in range(span.shape[0]):
+                v = np.int64(span[i] ^ xor)
+                h = v >> 16
+                low = v & 0xFFFF
+                a += v
+                b0 += h * h
+                b1 += h * low
+                b2 += low * low
+                lo = v if v < lo else lo
+                hi = v if v > hi else hi
+            s[f] += a
+            qhh[f] += b0
+            qhl[f] += b1
+            qll[f] += b2
+            mn[f] = lo
+            mx[f] = hi
+
+
+@_jit
+def u32_cols(x, xor, s, qhh, qhl, qll, mn, mx):
+    """(R, W) uint32 -> per-column sum and split-square sums, min, max."""
+    n_rows, width = x.shape
+    for r in range(n_rows):
+        for j in range(width):
+            v = np.int64(x[r, j] ^ xor)
+            h = v >> 16
+            low = v & 0xFFFF
+            s[j] += v
+            qhh[j] += h * h
+            qhl[j] += h * low
+            qll[j] += low * low
+            mn[j] = v if v < mn[j] else mn[j]
+            mx[j] = v if v > mx[j] else mx[j]
+
+
+# --------------------------------------------------------------------------
+# floats
+# --------------------------------------------------------------------------
+
+
+@_jit
+def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    if n_b == 0.0:
+        return n_a, mean_a, m2_a
+    if n_a == 0.0:
+        return n_b, mean_b, m2_b
+    n = n_a + n_b
+    d = mean_b - mean_a
+    frac = n_b / n
+    return n, mean_a + d * frac, m2_a + m2_b + d * d * (n_a * frac)
+
+
+@_jit
+def _merge_range(lo, hi, new_lo, new_hi):
+    """Merge two (min, max) ranges; a NaN on either side (propagate) wins."""
+    if np.isnan(new_lo) or np.isnan(lo):
+        return np.nan, np.nan
+    return min(lo, new_lo), max(hi, new_hi)
+
+
+@_jit
+def _careful_span(v, k, policy):
+    """Moments of one strided 1-D span about ``k``, checking every value.
+
+    Returns ``(n, n_nonfinite, mean, m2, lo, hi, bad)``; ``bad`` is 1 when a
+    non-finite value was met under the raise policy.
+    """
+    n = 0
+    nonfinite = 0
+    total = 0.0
+    lo = np.inf
+    hi = -np.inf
+    saw_nan = False
+    for i in range(v.shape[0]):
+        y = np.float64(v[i])
+        if not np.isfinite(y):
+            nonfinite += 1
+            if policy == POLICY_RAISE:
+                return 0.0, nonfinite, 0.0, 0.0, lo, hi, 1
+            if policy == POLICY_OMIT:
+                continue
+            if np.isnan(y):
+                saw_nan = True
+        n += 1
+        total += y - k
+        if y < lo:
+            lo = y
+        if y > hi:
+            hi = y
+    if n == 0:
+        return 0.0, nonfinite, 0.0, 0.0, lo, hi, 0
+    mean = total / n
+    acc = 0.0
+    comp = 0.0
+    for i in range(v.shape[0]):
+        y = np.float64(v[i])
+        if policy == POLICY_OMIT and not np.isfinite(y):
+            continue
+        d = (y - k) - mean
+        acc += d * d
+        comp += d
+    if saw_nan:
+        lo = np.nan
+        hi = np.nan
+    return float(n), nonfinite, mean + comp / n, acc - comp * comp / n, lo, hi, 0
+
+
+@_jit
+def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
+    """(R, W) float -> per-column moments about ``k[j]``, row blocks of ~32 KB.
+
+    The partial arrays are running state: blocks are merged into them with
+    Chan's update. Returns -1, or the first column with a non-finite value
+    under the raise policy (the partials are then unusable).
+    """
+    n_rows, width = x.shape
+    block = max(8, FLOAT_CHUNK_BYTES // max(1, width * x.itemsize))
+    total = np.empty(width)
+    acc = np.empty(width)
+    comp = np.empty(width)
+    lo = np.empty(width)
+    hi = np.empty(width)
+    r0 = 0
+    while r0 < n_rows:
+        r1 = min(n_rows, r0 + block)
+        rows = x[r0:r1]
+        nb = r1 - r0
+        for j in range(width):
+            total[j] = 0.0
+            lo[j] = mn[j]
+            hi[j] = mx[j]
+        for r in range(nb):
+            for j in range(width):
+                y = np.float64(rows[r, j])
+                total[j] += y - k[j]
+                lo[j] = y if y < lo[j] else lo[j]
+                hi[j] = y if y > hi[j] else hi[j]
+        finite = True
+        for j in range(width):
+            total[j] = total[j] / nb
+            acc[j] = 0.0
+            comp[j] = 0.0
+            if not np.isfinite(total[j]):
+                finite = False
+        if finite:
+            for r in range(nb):
+                for j in range(width):
+                    d = (np.float64(rows[r, j]) - k[j]) - total[j]
+                    acc[j] += d * d
+                    comp[j] += d
+            for j in range(width):
+                cm2 = acc[j] - comp[j] * comp[j] / nb
+                cm = total[j] + comp[j] / nb
+                n[j], mean[j], m2[j] = _chan(n[j], mean[j], m2[j], float(nb), cm, cm2)
+                mn[j] = lo[j]
+                mx[j] = hi[j]
+        else:
+            for j in range(width):
+                cn, bad_n, cm, cm2, clo, chi, bad = _careful_span(rows[:, j], k[j], policy)
+                nonfinite[j] += bad_n
+                if bad == 1:
+                    return j
+                n[j], mean[j], m2[j] = _chan(n[j], mean[j], m2[j], cn, cm, cm2)
+                mn[j], mx[j] = _merge_range(mn[j], mx[j], clo, chi)
+        r0 = r1
+    return -1
+
+
+@_jit
+def float_planes(x, k, n, nonfinite, mean, m2, mn, mx, policy):
+    """(O, F, I) float -> per-feature moments about ``k[f]``.
+
+    Each contiguous span ``x[o, f, :]`` is reduced as rows of ``PLANE_LANES``
+    lanes by :func:`float_cols` (vertical sums vectorize without the
+    reassociation a serial float sum would need), then the lanes are merged
+    into feature ``f``. Returns -1 or the failing feature.
+    """
+    n_outer, n_feat, n_inner = x.shape
+    lanes = PLANE_LANES
+    main = (n_inner // lanes) * lanes
+    ln = np.empty(lanes)
+    lnf = np.zeros(lanes, np.int64)
+    lm = np.empty(lanes)
+    lm2 = np.empty(lanes)
+    llo = np.empty(lanes)
+    lhi = np.empty(lanes)
+    lk = np.empty(lanes)
+    for o in range(n_outer):
+        for f in range(n_feat):
+            span = x[o, f, :]
+            if main > 0:
+                for j in range(lanes):
+                    ln[j] = 0.0
+                    lnf[j] = 0
+                    lm[j] = 0.0
+                    lm2[j] = 0.0
+                    llo[j] = np.inf
+                    lhi[j] = -np.inf
+                    lk[j] = k[f]
+                bad = float_cols(span[:main].reshape(main // lanes, lanes), lk,
+                                 ln, lnf, lm, lm2, llo, lhi, policy)
+                if bad >= 0:
+                    return f
+                for j in range(lanes):
+                    n[f], mean[f], m2[f] = _chan(n[f], mean[f], m2[f], ln[j], lm[j], lm2[j])
+                    nonfinite[f] += lnf[j]
+                    mn[f], mx[f] = _merge_range(mn[f], mx[f], llo[j], lhi[j])
+            if main < n_inner:
+                cn, bad_n, cm, cm2, clo, chi, bad = _careful_span(span[main:], k[f], policy)
+                nonfinite[f] += bad_n
+                if bad == 1:
+                    return f
+                n[f], mean[f], m2[f] = _chan(n[f], mean[f], m2[f], cn, cm, cm2)
+                mn[f], mx[f] = _merge_range(mn[f], mx[f], clo, chi)
+    return -1
+
+
+@_jit
+def first_finite(x, k, has):
+    """Set ``k[f]`` to the first finite value of feature ``f`` where ``has[f]`` is 0."""
+    n_outer, n_feat, n_inner = x.shape
+    for f in range(n_feat):
+        if has[f]:
+            continue
+        found = False
+        for o in range(n_outer):
+            for i in range(n_inner):
+                y = np.float64(x[o, f, i])
+                if np.isfinite(y):
+                    k[f] = y
+                    has[f] = 1
+                    found = True
+                    break
+            if found:
+                break
+
+
+@_jit
+def fold_float_lanes(n, nonfinite, mean, m2, mn, mx, n_feat):
+    """Merge lanes ``j`` of a grouped (R, k*F) reduction into features ``j % F``."""
+    width = n.shape[0]
+    on = np.zeros(n_feat)
+    onf = np.zeros(n_feat, np.int64)
+    om = np.zeros(n_feat)
+    om2 = np.zeros(n_feat)
+    olo = np.full(n_feat, np.inf)
+    ohi = np.full(n_feat, -np.inf)
+    for j in range(width):
+        f = j % n_feat
+        on[f], om[f], om2[f] = _chan(on[f], om[f], om2[f], n[j], mean[j], m2[j])
+        onf[f] += nonfinite[j]
+        olo[f], ohi[f] = _merge_range(olo[f], ohi[f], mn[j], mx[j])
+    return on, onf, om, om2, olo, ohi

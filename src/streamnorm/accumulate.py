@@ -1,0 +1,729 @@
+"""Streaming accumulation of per-feature statistics.
+
+:class:`StatsAccumulator` takes batches (numpy arrays or CPU torch tensors of
+any numeric dtype), reduces them with the numba kernels of
+:mod:`streamnorm._kernels` and keeps a mergeable partial state:
+
+- integer input (bool, 8/16/32-bit) keeps exact integer sums: the result is
+  bit-identical whatever the batching, threads or merge order;
+- float input (16/32/64-bit, torch bfloat16) and 64-bit integers accumulate in
+  float64 about a per-feature shift, merged with Chan's update.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from . import _kernels as K
+from .batch import Key, pick
+from .errors import DTypeError, IncompatibleStatsError, LayoutError, NonFiniteError, StreamnormError
+from .layout import as_reduction_view, parse_layout
+from .stats import HISTOGRAM_BINS, Stats, chan_merge, exact_moments
+
+__all__ = ["StatsAccumulator", "compute_stats"]
+
+NAN_POLICIES = {"raise": K.POLICY_RAISE, "omit": K.POLICY_OMIT, "propagate": K.POLICY_PROPAGATE}
+INT_KIND = "int"
+FLOAT_KIND = "float"
+
+# Below this many bytes a batch is reduced on the calling thread: thread
+# hand-off costs more than it saves.
+MIN_PARALLEL_BYTES = 1 << 20
+# Column layouts with few features are reduced as rows of about this many
+# lanes (k rows side by side), so the vectorized inner loop is long enough.
+TARGET_LANES = {1: 384, 2: 256, 4: 128, 8: 64}
+# Values per feature that pending int64 sums may absorb before they are
+# flushed into exact Python integers (see the overflow notes in _kernels).
+PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
+
+_INT_KERNELS = {
+    1: (K.u8_planes, K.u8_cols),
+    2: (K.u16_planes, K.u16_cols),
+    4: (K.u32_planes, K.u32_cols),
+}
+
+
+def _as_array(batch: Any, index: int) -> np.ndarray:
+    """A numpy view of a batch (numpy array or CPU torch tensor)."""
+    if isinstance(batch, np.ndarray):
+        return batch
+    if type(batch).__module__.startswith("torch") and hasattr(batch, "detach"):
+        tensor = batch.detach()
+        if tensor.device.type != "cpu":
+            raise StreamnormError(
+                f"batch {index} is on {tensor.device}; statistics are computed on the CPU, "
+                f"so accumulate before moving batches to the device (or pass batch.cpu())"
+            )
+        import torch
+
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        if tensor.is_conj() or tensor.is_neg():
+            tensor = tensor.resolve_conj().resolve_neg()
+        try:
+            return tensor.numpy()
+        except TypeError as exc:  # complex, quantized... dtypes numpy cannot hold
+            raise DTypeError(f"batch {index} has unsupported dtype {tensor.dtype}: {exc}") from None
+    if isinstance(batch, (int, float, bool, np.generic, list)):
+        return np.asarray(batch)
+    raise DTypeError(
+        f"batch {index} is a {type(batch).__name__}; pass a numpy array or a CPU torch tensor "
+        f"(for tuple or dict batches, say which element with key=)"
+    )
+
+
+def _classify(arr: np.ndarray, index: int) -> tuple[str, np.ndarray]:
+    """Which path a dtype takes, and the array in the dtype the kernels read."""
+    kind = arr.dtype.kind
+    size = arr.dtype.itemsize
+    if kind == "b":
+        return INT_KIND, arr.view(np.uint8)
+    if kind in "iu" and size in (1, 2, 4):
+        return INT_KIND, arr
+    if kind in "iu":  # 64-bit integers: exact only up to 2**53, documented
+        return FLOAT_KIND, arr.astype(np.float64)
+    if kind == "f":
+        if size == 2:
+            return FLOAT_KIND, arr.astype(np.float32)
+        if size > 8:
+            return FLOAT_KIND, arr.astype(np.float64)
+        return FLOAT_KIND, arr
+    raise DTypeError(
+        f"batch {index} has dtype {arr.dtype}, which has no statistics; pass numeric data "
+        f"(bool, integers or floats), e.g. decode strings or objects first"
+    )
+
+
+def _split_rows(n_rows: int, parts: int) -> list[tuple[int, int]]:
+    bounds = np.linspace(0, n_rows, parts + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _grouping(n_rows: int, n_feat: int, itemsize: int) -> int:
+    """Rows reduced side by side in the column kernels (1 = no grouping)."""
+    lanes = TARGET_LANES.get(itemsize, 64)
+    k = max(1, lanes // max(1, n_feat))
+    return k if k > 1 and n_rows >= 4 * k else 1
+
+
+class StatsAccumulator:
+    """One-pass, mergeable per-feature statistics of a stream of batches.
+
+    Parameters
+    ----------
+    layout : str, default "NCHW"
+        Axis names of each batch; ``C`` or ``F`` is the feature axis, every
+        other axis is reduced (see :mod:`streamnorm.layout`).
+    feature_names : sequence of str, optional
+        One name per feature; default ``"0"``, ``"1"``, ...
+    histogram : bool, default False
+        Keep an exact 256-bin histogram per feature (8-bit input only), for
+        exact quantiles, median and IQR.
+    nan_policy : {"raise", "omit", "propagate"}, default "raise"
+        What a NaN or infinity does: raise :class:`~streamnorm.errors.NonFiniteError`
+        naming the batch and feature; be skipped (and counted in
+        ``nan_count``); or enter the statistics (which become NaN/inf).
+    threads : int, default 1
+        Split large batches across this many threads running the ``nogil``
+        kernels; partials are merged in a fixed order.
+
+    Notes
+    -----
+    Integer batches (bool, int8-32, uint8-32) are summed exactly; merging is
+    exact too, so results do not depend on batching, threads or merge order.
+    Float batches (and int64/uint64, exact only below 2**53) accumulate in
+    float64 about each feature's first finite value with Chan's merge.
+    Integer and float batches cannot be mixed in one accumulator.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> acc = sn.StatsAccumulator(layout="NCHW", histogram=True)
+    >>> for seed in range(3):
+    ...     batch = np.random.default_rng(seed).integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+    ...     _ = acc.update(batch)
+    >>> stats = acc.result()
+    >>> stats.count.tolist(), stats.histogram.shape
+    ([768, 768, 768], (3, 256))
+    """
+
+    STATE_FORMAT = "streamnorm.StatsAccumulator"
+    STATE_VERSION = 1
+
+    def __init__(
+        self,
+        layout: str = "NCHW",
+        feature_names: Sequence[str] | None = None,
+        histogram: bool = False,
+        nan_policy: str = "raise",
+        threads: int = 1,
+    ) -> None:
+        self._layout = parse_layout(layout)
+        if feature_names is not None:
+            if isinstance(feature_names, str):
+                raise StreamnormError(
+                    f"feature_names must be a sequence of names, got the string {feature_names!r}"
+                )
+            feature_names = tuple(str(n) for n in feature_names)
+            if len(set(feature_names)) != len(feature_names):
+                raise StreamnormError(f"feature_names must be unique, got {list(feature_names)}")
+            if self._layout.feature_axis is None and len(feature_names) != 1:
+                raise StreamnormError(
+                    f"layout {self._layout.text!r} has no feature axis, so it has one feature; "
+                    f"got {len(feature_names)} names"
+                )
+        self._feature_names = feature_names
+        if nan_policy not in NAN_POLICIES:
+            raise StreamnormError(
+                f"nan_policy must be one of {sorted(NAN_POLICIES)}, got {nan_policy!r}"
+            )
+        self._nan_policy = nan_policy
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise StreamnormError(f"threads must be an integer >= 1, got {threads!r}")
+        self._threads = int(threads)
+        self._histogram = bool(histogram)
+        self._pool: ThreadPoolExecutor | None = None
+        self.reset()
+
+    # -- configuration -------------------------------------------------
+    @property
+    def layout(self) -> str:
+        return self._layout.text
+
+    @property
+    def histogram(self) -> bool:
+        return self._histogram
+
+    @property
+    def nan_policy(self) -> str:
+        return self._nan_policy
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    @property
+    def n_batches(self) -> int:
+        """Batches seen so far (empty ones included)."""
+        return self._n_batches
+
+    @property
+    def n_features(self) -> int | None:
+        """Number of features, once known."""
+        return self._n_features
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """Source dtype of the batches seen (promoted across batches)."""
+        return self._dtype
+
+    def reset(self) -> None:
+        """Forget every batch seen; keep the configuration."""
+        self._kind: str | None = None
+        self._dtype: np.dtype | None = None
+        self._n_batches = 0
+        self._n_features = None if self._feature_names is None else len(self._feature_names)
+        self._arrays: dict[str, np.ndarray] = {}
+        # integer path: pending int64 sums of the offset values of _pending_dtype
+        self._pending_dtype: np.dtype | None = None
+        self._pending_values = 0
+
+    # -- updating --------------------------------------------------------
+    def update(self, batch: Any) -> StatsAccumulator:
+        """Add one batch (numpy array or CPU torch tensor, any numeric dtype).
+
+        Returns
+        -------
+        StatsAccumulator
+            ``self``, so calls can be chained.
+
+        Raises
+        ------
+        LayoutError, DTypeError, NonFiniteError, StreamnormError
+            For a batch of the wrong rank, an unsupported dtype, a non-finite
+            value under ``nan_policy="raise"``, or a feature count or kind of
+            dtype that differs from earlier batches. The state is unchanged.
+        """
+        index = self._n_batches
+        arr = _as_array(batch, index)
+        source_dtype = arr.dtype
+        kind, arr = _classify(arr, index)
+        try:
+            view = as_reduction_view(arr, self._layout)
+        except LayoutError as exc:
+            raise LayoutError(f"batch {index} of shape {tuple(arr.shape)}: {exc}") from None
+        n_feat = view.shape[1]
+        self._check_compatible(kind, source_dtype, n_feat, index)
+        if self._kind is None:
+            self._start(kind, n_feat)
+        if view.size:
+            if kind == INT_KIND:
+                self._update_int(view, arr.dtype)
+            else:
+                self._update_float(view, index)
+        self._dtype = (source_dtype if self._dtype is None
+                       else np.promote_types(self._dtype, source_dtype))
+        self._n_batches += 1
+        return self
+
+    def _check_compatible(self, kind: str, dtype: np.dtype, n_feat: int, index: int) -> None:
+        if self._n_features is not None and n_feat != self._n_features:
+            what = (
+                f"{len(self._feature_names)} feature names"
+                if self._feature_names is not None and self._kind is None
+                else f"{self._n_features} features in earlier batches"
+            )
+            raise LayoutError(
+                f"batch {index} has {n_feat} features on the {self._feature_letter()} axis of "
+                f"layout {self.layout!r}, but the accumulator expects {what}"
+            )
+        if self._kind is not None and kind != self._kind:
+            raise DTypeError(
+                f"batch {index} has dtype {dtype} but earlier batches were {self._dtype}; integer "
+                f"and float batches cannot share an accumulator: cast them to one dtype"
+            )
+        if self._histogram and (kind != INT_KIND or dtype.itemsize != 1):
+            raise DTypeError(
+                f"batch {index} has dtype {dtype}, but histogram=True needs 8-bit integer data "
+                f"(uint8, int8 or bool); pass histogram=False for other dtypes"
+            )
+
+    def _feature_letter(self) -> str:
+        axis = self._layout.feature_axis
+        return "feature" if axis is None else repr(self._layout.text[axis])
+
+    def _start(self, kind: str, n_feat: int) -> None:
+        self._kind = kind
+        self._n_features = n_feat
+        z = lambda dt=np.float64: np.zeros(n_feat, dt)  # noqa: E731
+        a: dict[str, np.ndarray] = {"count": z(np.int64), "nan_count": z(np.int64)}
+        if kind == FLOAT_KIND:
+            a.update(shift=z(), has_shift=z(np.uint8), mean=z(), m2=z(),
+                     min=np.full(n_feat, np.inf), max=np.full(n_feat, -np.inf))
+        elif self._histogram:
+            a["hist"] = np.zeros((n_feat, HISTOGRAM_BINS), np.int64)
+        else:
+            a.update(
+                int_sum=np.zeros(n_feat, object), int_sumsq=np.zeros(n_feat, object),
+                min=np.full(n_feat, np.iinfo(np.int64).max), max=np.full(n_feat, np.iinfo(np.int64).min),
+                p_s=z(np.int64), p_q0=z(np.int64), p_q1=z(np.int64), p_q2=z(np.int64),
+            )
+            a["int_sum"][:] = 0
+            a["int_sumsq"][:] = 0
+        self._arrays = a
+
+    def _run(self, tasks: list, worker) -> list:
+        """Run ``worker`` over tasks, in threads when worthwhile; results in order."""
+        if len(tasks) == 1:
+            return [worker(tasks[0])]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="streamnorm")
+        return list(self._pool.map(worker, tasks))
+
+    def _parts(self, view: np.ndarray) -> list[np.ndarray]:
+        parts = 1
+        if self._threads > 1 and view.nbytes >= MIN_PARALLEL_BYTES:
+            parts = min(self._threads, view.shape[0])
+        return [view[a:b] for a, b in _split_rows(view.shape[0], parts)]
+
+    # integers ---------------------------------------------------------
+    def _update_int(self, view: np.ndarray, dtype: np.dtype) -> None:
+        a = self._arrays
+        size = dtype.itemsize
+        unsigned = view.view(np.dtype(f"u{size}"))
+        xor = unsigned.dtype.type((1 << (8 * size - 1)) if dtype.kind == "i" else 0)
+        n_outer, n_feat, n_inner = unsigned.shape
+        if self._histogram:
+            hist = a["hist"]
+            for h in self._run(self._parts(unsigned), lambda x: self._hist_task(x, xor)):
+                hist += h
+            a["count"] += n_outer * n_inner
+            return
+        limit = PENDING_LIMIT[size]
+        rows_per_piece = max(1, limit // max(1, n_inner))
+        for r0 in range(0, n_outer, rows_per_piece):
+            piece = unsigned[r0 : r0 + rows_per_piece]
+            values = piece.shape[0] * n_inner
+            if self._pending_dtype != dtype or self._pending_values + values > limit:
+                self._flush()
+                self._pending_dtype = dtype
+            results = self._run(self._parts(piece), lambda x: self._int_task(x, xor))
+            for s, q0, q1, q2, lo, hi in results:
+                a["p_s"] += s
+                a["p_q0"] += q0
+                a["p_q1"] += q1
+                a["p_q2"] += q2
+                off = int(xor)
+                np.minimum(a["min"], lo - off, out=a["min"])
+                np.maximum(a["max"], hi - off, out=a["max"])
+            self._pending_values += values
+            a["count"] += values
+
+    @staticmethod
+    def _int_task(x: np.ndarray, xor: np.integer) -> tuple[np.ndarray, ...]:
+        planes, cols = _INT_KERNELS[x.dtype.itemsize]
+        n_outer, n_feat, n_inner = x.shape
+        umax = np.iinfo(x.dtype).max
+        out = [np.zeros(n_feat, np.int64) for _ in range(4)]
+        lo = np.full(n_feat, umax, np.int64)
+        hi = np.zeros(n_feat, np.int64)
+        if n_inner > 1:
+            planes(x, xor, *out, lo, hi)
+            return (*out, lo, hi)
+        x2 = x[:, :, 0]
+        k = _grouping(n_outer, n_feat, x.dtype.itemsize)
+        main = (n_outer // k) * k
+        if k > 1:
+            width = k * n_feat
+            lanes = [np.zeros(width, np.int64) for _ in range(4)]
+            llo = np.full(width, umax, np.int64)
+            lhi = np.zeros(width, np.int64)
+            cols(x2[:main].reshape(main // k, width), xor, *lanes, llo, lhi)
+            out = [lane.reshape(k, n_feat).sum(axis=0) for lane in lanes]
+            lo = llo.reshape(k, n_feat).min(axis=0)
+            hi = lhi.reshape(k, n_feat).max(axis=0)
+        else:
+            main = 0
+        if main < n_outer:
+            cols(x2[main:], xor, *out, lo, hi)
+        return (*out, lo, hi)
+
+    @staticmethod
+    def _hist_task(x: np.ndarray, xor: np.integer) -> np.ndarray:
+        hist = np.zeros((x.shape[1], HISTOGRAM_BINS), np.int64)
+        if x.shape[2] > 1:
+            K.u8_hist_planes(x, xor, hist)
+        else:
+            K.u8_hist_cols(x[:, :, 0], xor, hist)
+        return hist
+
+    def _flush(self) -> None:
+        """Move pending int64 sums of offset values into the exact totals."""
+        a = self._arrays
+        dtype = self._pending_dtype
+        if dtype is None or self._pending_values == 0:
+            self._pending_values = 0
+            return
+        n = self._pending_values
+        off = (1 << (8 * dtype.itemsize - 1)) if dtype.kind == "i" else 0
+        su = a["p_s"].astype(object)
+        if dtype.itemsize == 4:
+            squ = (a["p_q0"].astype(object) << 32) + (a["p_q1"].astype(object) << 17) + a["p_q2"].astype(object)
+        else:
+            squ = a["p_q0"].astype(object)
+        # sum(v) = sum(u) - off*n ; sum(v^2) = sum(u^2) - 2*off*sum(u) + off^2*n
+        a["int_sum"] += su - off * n
+        a["int_sumsq"] += squ - 2 * off * su + off * off * n
+        for key in ("p_s", "p_q0", "p_q1", "p_q2"):
+            a[key][:] = 0
+        self._pending_values = 0
+
+    # floats -----------------------------------------------------------
+    def _update_float(self, view: np.ndarray, index: int) -> None:
+        a = self._arrays
+        shift = a["shift"].copy()
+        has_shift = a["has_shift"].copy()
+        if not has_shift.all():
+            K.first_finite(view, shift, has_shift)
+        policy = NAN_POLICIES[self._nan_policy]
+        results = self._run(self._parts(view), lambda x: self._float_task(x, shift, policy))
+        count, mean, m2 = a["count"], a["mean"], a["m2"]
+        lo, hi, nonfinite = a["min"], a["max"], a["nan_count"].copy()
+        for n, nf, pmean, pm2, plo, phi, bad in results:
+            if bad >= 0:
+                name = self._name(bad)
+                raise NonFiniteError(
+                    f"batch {index}: feature {name} has a non-finite value (NaN or inf); clean "
+                    f"the data, or pass nan_policy='omit' to skip such values (they are counted "
+                    f"in nan_count) or nan_policy='propagate' to let them through"
+                )
+            count, mean, m2 = chan_merge(count, mean, m2, n, pmean, pm2)
+            lo = np.where(np.isnan(plo) | np.isnan(lo), np.nan, np.fmin(lo, plo))
+            hi = np.where(np.isnan(phi) | np.isnan(hi), np.nan, np.fmax(hi, phi))
+            nonfinite = nonfinite + nf
+        a.update(count=count.astype(np.int64), mean=mean, m2=m2, min=lo, max=hi,
+                 nan_count=nonfinite, shift=shift, has_shift=has_shift)
+
+    @staticmethod
+    def _float_task(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
+        n_outer, n_feat, n_inner = x.shape
+
+        def fresh(width: int) -> list[np.ndarray]:
+            return [np.zeros(width), np.zeros(width, np.int64), np.zeros(width), np.zeros(width),
+                    np.full(width, np.inf), np.full(width, -np.inf)]
+
+        if n_inner > 1:
+            out = fresh(n_feat)
+            bad = K.float_planes(x, shift, *out, policy)
+            return (*out, bad)
+        x2 = x[:, :, 0]
+        k = _grouping(n_outer, n_feat, 8)
+        main = (n_outer // k) * k if k > 1 else 0
+        bad = -1
+        if main:
+            lanes = fresh(k * n_feat)
+            bad = K.float_cols(x2[:main].reshape(main // k, k * n_feat), np.tile(shift, k),
+                               *lanes, policy)
+            if bad >= 0:
+                return (*[lane[:n_feat] for lane in lanes], bad % n_feat)
+            out = list(K.fold_float_lanes(*lanes, n_feat))
+        else:
+            out = fresh(n_feat)
+        if main < n_outer:
+            bad = K.float_cols(x2[main:], shift, *out, policy)
+        return (*out, bad)
+
+    def _name(self, feature: int) -> str:
+        if self._feature_names is not None:
+            return f"{self._feature_names[feature]!r} (index {feature})"
+        return f"{feature}"
+
+    # -- merging and results -------------------------------------------
+    def merge(self, other: StatsAccumulator) -> StatsAccumulator:
+        """Add the state of ``other`` (from other shards, workers or ranks) in place.
+
+        Returns ``self``. ``other`` is left as it was (its pending integer
+        sums may be flushed, which changes nothing it reports).
+        """
+        if not isinstance(other, StatsAccumulator):
+            raise IncompatibleStatsError(f"cannot merge a {type(other).__name__} into a StatsAccumulator")
+        if other.layout != self.layout or other.histogram != self.histogram:
+            raise IncompatibleStatsError(
+                f"cannot merge accumulators with different settings: layout {self.layout!r} vs "
+                f"{other.layout!r}, histogram {self.histogram} vs {other.histogram}"
+            )
+        if (self._feature_names is not None and other._feature_names is not None
+                and self._feature_names != other._feature_names):
+            raise IncompatibleStatsError("cannot merge accumulators with different feature names")
+        if other._kind is None:
+            self._n_batches += other._n_batches
+            return self
+        if self._kind is None:
+            batches = self._n_batches
+            names = self._feature_names or other._feature_names
+            self.load_state_dict(other.state_dict())
+            self._feature_names = names
+            self._n_batches += batches
+            return self
+        if other._kind != self._kind:
+            raise IncompatibleStatsError(
+                f"cannot merge statistics of {other._dtype} data into statistics of {self._dtype} data"
+            )
+        if other._n_features != self._n_features:
+            raise IncompatibleStatsError(
+                f"cannot merge {other._n_features} features into {self._n_features}"
+            )
+        a, b = self._arrays, other._arrays
+        if self._kind == INT_KIND:
+            self._flush()
+            other._flush()
+            if self._histogram:
+                a["hist"] += b["hist"]
+            else:
+                a["int_sum"] += b["int_sum"]
+                a["int_sumsq"] += b["int_sumsq"]
+                np.minimum(a["min"], b["min"], out=a["min"])
+                np.maximum(a["max"], b["max"], out=a["max"])
+            a["count"] += b["count"]
+        else:
+            take = (a["has_shift"] == 0) & (b["has_shift"] == 1)
+            shift = np.where(take, b["shift"], a["shift"])
+            mean_b = b["mean"] + (b["shift"] - shift)
+            count, mean, m2 = chan_merge(a["count"], a["mean"], a["m2"], b["count"], mean_b, b["m2"])
+            nan_min = np.isnan(a["min"]) | np.isnan(b["min"])
+            a.update(
+                count=count.astype(np.int64), mean=mean, m2=m2, shift=shift,
+                has_shift=a["has_shift"] | b["has_shift"],
+                min=np.where(nan_min, np.nan, np.fmin(a["min"], b["min"])),
+                max=np.where(nan_min, np.nan, np.fmax(a["max"], b["max"])),
+            )
+        a["nan_count"] += b["nan_count"]
+        self._dtype = np.promote_types(self._dtype, other._dtype)
+        self._n_batches += other._n_batches
+        return self
+
+    def result(self) -> Stats:
+        """The statistics of every batch seen, as an immutable :class:`Stats`.
+
+        Raises
+        ------
+        StreamnormError
+            When no batch has been seen.
+        """
+        if self._kind is None:
+            raise StreamnormError(
+                "the accumulator has seen no data; call update() with at least one batch first"
+            )
+        a = self._arrays
+        names = self._feature_names or tuple(str(i) for i in range(self._n_features))
+        common = dict(layout=self.layout, feature_names=names, dtype=self._dtype.name,
+                      count=a["count"], nan_count=a["nan_count"])
+        if self._kind == FLOAT_KIND:
+            empty = a["count"] == 0
+            with np.errstate(invalid="ignore"):
+                mean = np.where(empty, np.nan, a["shift"] + a["mean"])
+            return Stats(**common, mean=mean, m2=np.where(empty, 0.0, a["m2"]),
+                         min=np.where(empty, np.nan, a["min"]), max=np.where(empty, np.nan, a["max"]))
+        if self._histogram:
+            hist = a["hist"]
+            values = np.arange(HISTOGRAM_BINS, dtype=object) + (-128 if self._dtype == np.int8 else 0)
+            weights = hist.astype(object)
+            int_sum = (weights * values).sum(axis=1)
+            int_sumsq = (weights * values * values).sum(axis=1)
+            seen = hist > 0
+            lo = np.array([values[np.argmax(row)] if row.any() else np.nan for row in seen], np.float64)
+            hi = np.array([values[HISTOGRAM_BINS - 1 - np.argmax(row[::-1])] if row.any() else np.nan
+                           for row in seen], np.float64)
+        else:
+            self._flush()
+            int_sum, int_sumsq = a["int_sum"], a["int_sumsq"]
+            empty = a["count"] == 0
+            lo = np.where(empty, np.nan, a["min"].astype(np.float64))
+            hi = np.where(empty, np.nan, a["max"].astype(np.float64))
+        moments = [exact_moments(int(n), int(s), int(q))
+                   for n, s, q in zip(a["count"], int_sum, int_sumsq)]
+        return Stats(
+            **common,
+            mean=np.array([m for m, _ in moments]), m2=np.array([v for _, v in moments]),
+            min=lo, max=hi, histogram=a.get("hist"),
+            int_sum=tuple(int(v) for v in int_sum), int_sumsq=tuple(int(v) for v in int_sumsq),
+        )
+
+    # -- state -----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state as plain values: str, int, float, lists, numpy arrays.
+
+        Exact integer sums are lists of Python ints. Nothing needs pickle, so a
+        checkpoint can be stored as JSON, npz or Parquet.
+        """
+        if self._kind == INT_KIND:
+            self._flush()
+        state: dict[str, Any] = {
+            "format": self.STATE_FORMAT,
+            "version": self.STATE_VERSION,
+            "layout": self.layout,
+            "histogram": self._histogram,
+            "feature_names": None if self._feature_names is None else list(self._feature_names),
+            "kind": self._kind,
+            "dtype": None if self._dtype is None else self._dtype.name,
+            "n_batches": self._n_batches,
+            "n_features": self._n_features,
+        }
+        for key, value in self._arrays.items():
+            if key.startswith("p_"):
+                continue
+            state[key] = [int(v) for v in value] if value.dtype == object else value.copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`; continuing equals never stopping."""
+        try:
+            if state.get("format") != self.STATE_FORMAT:
+                raise StreamnormError("not a StatsAccumulator state")
+            if int(state["version"]) > self.STATE_VERSION:
+                raise StreamnormError(
+                    f"state version {state['version']} is newer than this streamnorm understands "
+                    f"({self.STATE_VERSION}); upgrade streamnorm"
+                )
+            if state["layout"] != self.layout or bool(state["histogram"]) != self._histogram:
+                raise IncompatibleStatsError(
+                    f"state of layout {state['layout']!r} (histogram={state['histogram']}) cannot be "
+                    f"loaded into an accumulator of layout {self.layout!r} (histogram={self._histogram})"
+                )
+            names = state.get("feature_names")
+            fresh = StatsAccumulator(self.layout, names, self._histogram, self._nan_policy, self._threads)
+            kind = state["kind"]
+            if kind is not None:
+                if kind not in (INT_KIND, FLOAT_KIND):
+                    raise StreamnormError(f"unknown kind {kind!r}")
+                fresh._start(kind, int(state["n_features"]))
+                for key, template in fresh._arrays.items():
+                    if key.startswith("p_"):
+                        continue
+                    if template.dtype == object:
+                        values = [int(v) for v in state[key]]
+                        if len(values) != template.shape[0]:
+                            raise StreamnormError(f"{key} has {len(values)} values, expected {template.shape[0]}")
+                        template[:] = values
+                    else:
+                        value = np.asarray(state[key], dtype=template.dtype)
+                        if value.shape != template.shape:
+                            raise StreamnormError(f"{key} has shape {value.shape}, expected {template.shape}")
+                        template[...] = value
+                fresh._dtype = np.dtype(state["dtype"])
+            fresh._n_batches = int(state["n_batches"])
+            fresh._n_features = None if state["n_features"] is None else int(state["n_features"])
+        except StreamnormError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StreamnormError(f"malformed StatsAccumulator state: {exc!r}") from None
+        pool = self._pool
+        self.__dict__.update(fresh.__dict__)
+        self._pool = pool
+
+    def copy(self) -> StatsAccumulator:
+        """An independent copy (same configuration and state)."""
+        other = copy.copy(self)
+        other._pool = None
+        other._arrays = {k: v.copy() for k, v in self._arrays.items()}
+        return other
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pool"] = None  # thread pools do not travel (Dask, multiprocessing)
+        return state
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def __repr__(self) -> str:
+        return (f"StatsAccumulator(layout={self.layout!r}, histogram={self._histogram}, "
+                f"nan_policy={self._nan_policy!r}, threads={self._threads}, "
+                f"n_batches={self._n_batches}, n_features={self._n_features}, dtype={self._dtype})")
+
+
+def compute_stats(
+    source: Iterable[Any] | np.ndarray,
+    layout: str = "NCHW",
+    key: Key = None,
+    **acc_kwargs: Any,
+) -> Stats:
+    """Statistics of every batch of ``source``, in one pass.
+
+    Parameters
+    ----------
+    source : iterable of batches, or one array/tensor
+        Batches are numpy arrays or CPU torch tensors, or tuples/lists/dicts of
+        them (then ``key`` picks the element). A DataLoader works as it is; its
+        workers only load, the reduction runs in this process. A single
+        numpy array or torch tensor is taken as one batch.
+    layout : str, default "NCHW"
+        See :class:`StatsAccumulator`.
+    key : int or str, optional
+        The element of tuple/list (int) or dict (str) batches to reduce.
+    **acc_kwargs
+        ``feature_names``, ``histogram``, ``nan_policy``, ``threads``.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> images = np.full((8, 3, 4, 4), 7, np.uint8)
+    >>> labels = np.zeros(8, np.int64)
+    >>> sn.compute_stats([(images, labels)], layout="NCHW", key=0).mean.tolist()
+    [7.0, 7.0, 7.0]
+    """
+    acc = StatsAccumulator(layout=layout, **acc_kwargs)
+    if isinstance(source, np.ndarray) or (
+        type(source).__module__.startswith("torch") and hasattr(source, "detach")
+    ):
+        return acc.update(source).result()
+    for batch in source:
+        acc.update(pick(batch, key))
+    return acc.result()

@@ -109,3 +109,17 @@ def exclusive_creator(root: str, rounds: int, barrier, out) -> None:
         except StatsFileError:
             pass
     out.put(won)
+
+
+def endless_writer(root: str, split: str, ready) -> None:
+    """Alternate two statistics under ``split`` until killed."""
+    from streamnorm import StatsStore
+
+    store = StatsStore(root)
+    stats = [variant(0), variant(1)]
+    k = 0
+    while True:
+        store.save(stats[k % 2], split, overwrite=True)
+        k += 1
+        if k == 3:
+            ready.set()

@@ -109,3 +109,23 @@ def test_threads_writing_memory_store():
         t.join()
     assert errors == []
     assert np.array_equal(store.load("train").count, variants[0].count)
+
+
+def test_writer_killed_mid_write_leaves_a_whole_file(tmp_path):
+    ctx = mp.get_context("spawn")
+    root = str(tmp_path / "store")
+    store = sn.StatsStore(root)
+    expected = [helpers.variant(0), helpers.variant(1)]
+    for delay in (0.0, 0.013, 0.029):
+        ready = ctx.Event()
+        p = ctx.Process(target=helpers.endless_writer, args=(root, "train", ready))
+        p.start()
+        try:
+            assert ready.wait(60), "writer did not start"
+            p.join(timeout=delay)
+        finally:
+            p.kill()  # SIGKILL: no cleanup runs in the writer
+            p.join()
+        got = store.load("train")
+        assert any(got.equals(e) for e in expected)
+        assert store.splits() == ["train"]

@@ -697,10 +697,12 @@ class Normalizer:
         tmp = self._affine(y, compute, compute, inverse=True)
         info = torch.iinfo(target)
         hi = float(info.max)
-        if int(hi) > info.max:  # 2**63 - 1 rounds up to 2**63 in float64
-            hi = math.nextafter(hi, 0.0)
-        tmp = torch.nan_to_num(tmp.round(), nan=0.0).clamp_(float(info.min), hi)
-        return tmp.to(target)
+        tmp = torch.nan_to_num(tmp.round(), nan=0.0)
+        if int(hi) > info.max:  # int64: 2**63 - 1 rounds up to 2**63 in float64
+            top = tmp >= hi
+            out = tmp.clamp_(float(info.min), math.nextafter(hi, 0.0)).to(target)
+            return out.masked_fill_(top, info.max)
+        return tmp.clamp_(float(info.min), hi).to(target)
 
     def _check_tensor(self, x: Any) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -751,10 +753,10 @@ class Normalizer:
                 f"numpy has no {out_dtype}; pass a torch.Tensor for {out_dtype} output or "
                 f"ask for float32/float16/float64"
             )
-        if x.dtype not in _NUMPY_TO_TORCH:
-            raise DTypeError(f"cannot normalize an array of dtype {x.dtype}")
         if not x.dtype.isnative:
             x = x.astype(x.dtype.newbyteorder("="))
+        if x.dtype not in _NUMPY_TO_TORCH:
+            raise DTypeError(f"cannot normalize an array of dtype {x.dtype}")
         if any(s < 0 for s in x.strides):
             x = np.ascontiguousarray(x)
         with warnings.catch_warnings():

@@ -35,7 +35,7 @@ from .errors import DTypeError, LayoutError, StreamnormError
 from .layout import Layout, parse_layout
 from .stats import Stats
 
-__all__ = ["Normalizer", "MODES"]
+__all__ = ["MODES", "Normalizer"]
 
 #: Modes of :meth:`Normalizer.from_stats`.
 MODES = ("zscore", "minmax", "symmetric", "robust")
@@ -79,6 +79,20 @@ def _torch_dtype(dtype: Any, what: str = "dtype") -> torch.dtype:
     if np_dtype not in _NUMPY_TO_TORCH:
         raise DTypeError(f"{what}={dtype!r} is not a supported numeric dtype")
     return _NUMPY_TO_TORCH[np_dtype]
+
+
+def _from_numpy(x: np.ndarray) -> torch.Tensor:
+    """A CPU tensor of a numeric array, sharing its memory where torch allows."""
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    if x.dtype not in _NUMPY_TO_TORCH:
+        raise DTypeError(f"cannot normalize an array of dtype {x.dtype}")
+    if any(s < 0 for s in x.strides):
+        x = np.ascontiguousarray(x)
+    with warnings.catch_warnings():
+        # Read-only arrays are never written to; torch warns regardless.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(x)
 
 
 def _float_out(dtype: Any) -> torch.dtype:
@@ -753,16 +767,7 @@ class Normalizer:
                 f"numpy has no {out_dtype}; pass a torch.Tensor for {out_dtype} output or "
                 f"ask for float32/float16/float64"
             )
-        if not x.dtype.isnative:
-            x = x.astype(x.dtype.newbyteorder("="))
-        if x.dtype not in _NUMPY_TO_TORCH:
-            raise DTypeError(f"cannot normalize an array of dtype {x.dtype}")
-        if any(s < 0 for s in x.strides):
-            x = np.ascontiguousarray(x)
-        with warnings.catch_warnings():
-            # Read-only arrays are never written to; torch warns regardless.
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(x)
+        t = _from_numpy(x)
         out = self.inverse(t, out_dtype) if inverse else self(t, out_dtype)
         return out.numpy()
 

@@ -41,7 +41,7 @@ from .batch import Key, pick, replace
 from .errors import StreamnormError
 from .normalize import Normalizer, _float_out, _from_numpy, _resolve_device
 
-__all__ = ["DeviceLoader", "move_to_device"]
+__all__ = ["DeviceLoader", "DeviceStage", "move_to_device"]
 
 
 def _default_device() -> torch.device:
@@ -163,6 +163,94 @@ class _BackgroundIterator:
         self._thread.join(timeout=30)
 
 
+def _check_key(key: Any) -> None:
+    if key is not None and (isinstance(key, bool) or not isinstance(key, (int, str))):
+        raise StreamnormError(
+            f"key must be an int (tuple/list batches), a str (dict batches) or None, got {key!r}"
+        )
+
+
+class DeviceStage:
+    """Copy a CPU batch to the device and normalize it there (shared by loader and node).
+
+    Holds the normalizers (moved to the device once) and, on CUDA, the one
+    side stream. :meth:`launch` enqueues the copy and the normalization on
+    that stream and records an event; :meth:`hand_off` makes the caller's
+    current stream wait for it and ``record_stream``-s every tensor. On the
+    CPU :meth:`apply` does both at once.
+    """
+
+    def __init__(
+        self,
+        norm: Normalizer | Mapping[Key, Normalizer],
+        device: Any = None,
+        key: Key = None,
+        dtype: Any = torch.float32,
+    ) -> None:
+        _check_key(key)
+        if isinstance(norm, Normalizer):
+            norms: dict[Key, Normalizer] = {key: norm}
+        elif isinstance(norm, Mapping):
+            if key is not None:
+                raise StreamnormError(
+                    "norm is a dict {key: Normalizer}, so it names the keys itself; "
+                    "leave key=None"
+                )
+            if not norm:
+                raise StreamnormError("norm is an empty dict; give at least one {key: Normalizer}")
+            norms = {}
+            for k, n in norm.items():
+                if isinstance(k, bool) or not isinstance(k, (int, str)):
+                    raise StreamnormError(f"normalizer keys must be int or str, got {k!r}")
+                if not isinstance(n, Normalizer):
+                    raise StreamnormError(
+                        f"norm[{k!r}] is a {type(n).__name__}, not a streamnorm.Normalizer"
+                    )
+                norms[k] = n
+        else:
+            raise StreamnormError(
+                f"norm must be a streamnorm.Normalizer or a dict of them, got "
+                f"{type(norm).__name__}"
+            )
+        self.device = _default_device() if device is None else _resolve_device(device)
+        self.dtype = _float_out(dtype)
+        # scale/shift cross to the device here, once, on the default stream
+        self.normalizers: dict[Key, Normalizer] = {k: n.to(self.device) for k, n in norms.items()}
+        self.stream = None
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                self.stream = torch.cuda.Stream(device=self.device)
+
+    def _normalize(self, batch: Any) -> Any:
+        for k, norm in self.normalizers.items():
+            batch = replace(batch, k, norm(pick(batch, k), self.dtype))
+        return batch
+
+    def apply(self, batch: Any) -> Any:
+        """Move and normalize synchronously (the CPU path)."""
+        return self._normalize(move_to_device(batch, self.device))
+
+    def launch(self, batch: Any) -> tuple[Any, Any]:
+        """Enqueue copy + normalize of ``batch`` on the side stream (CUDA)."""
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            out = self._normalize(move_to_device(batch, self.device, non_blocking=True))
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return out, done
+
+    def hand_off(self, launched: tuple[Any, Any]) -> Any:
+        """Make the caller's stream wait for a launched batch; return the batch."""
+        out, done = launched
+        consumer = torch.cuda.current_stream(self.device)
+        consumer.wait_event(done)
+        for t in _each_tensor(out):
+            if t.device.type == "cuda":
+                # the allocator must not recycle these blocks (allocated on the
+                # side stream) until the consumer's work on them is done
+                t.record_stream(consumer)
+        return out
+
+
 class DeviceLoader:
     """Iterate CPU batches as device batches, normalized on the device.
 
@@ -222,54 +310,32 @@ class DeviceLoader:
                 f"loader must be an iterable of batches (a DataLoader, a list...), got "
                 f"{type(loader).__name__}"
             )
-        if key is not None and (isinstance(key, bool) or not isinstance(key, (int, str))):
-            raise StreamnormError(
-                f"key must be an int (tuple/list batches), a str (dict batches) or None, "
-                f"got {key!r}"
-            )
-        if isinstance(norm, Normalizer):
-            norms = {key: norm}
-        elif isinstance(norm, Mapping):
-            if key is not None:
-                raise StreamnormError(
-                    "norm is a dict {key: Normalizer}, so it names the keys itself; "
-                    "leave key=None"
-                )
-            if not norm:
-                raise StreamnormError("norm is an empty dict; give at least one {key: Normalizer}")
-            norms = {}
-            for k, n in norm.items():
-                if isinstance(k, bool) or not isinstance(k, (int, str)):
-                    raise StreamnormError(f"normalizer keys must be int or str, got {k!r}")
-                if not isinstance(n, Normalizer):
-                    raise StreamnormError(
-                        f"norm[{k!r}] is a {type(n).__name__}, not a streamnorm.Normalizer"
-                    )
-                norms[k] = n
-        else:
-            raise StreamnormError(
-                f"norm must be a streamnorm.Normalizer or a dict of them, got "
-                f"{type(norm).__name__}"
-            )
         if pin_memory not in (None, True, False):
             raise StreamnormError(f"pin_memory must be None, True or False, got {pin_memory!r}")
         self.loader = loader
-        self.device = _default_device() if device is None else _resolve_device(device)
-        self.dtype = _float_out(dtype)
-        # scale/shift cross to the device here, once, on the default stream
-        self.normalizers: dict[Key, Normalizer] = {k: n.to(self.device) for k, n in norms.items()}
-        self._stream = None
+        self._stage = DeviceStage(norm, device, key, dtype)
         self._pin = False
-        if self.device.type == "cuda":
-            with torch.cuda.device(self.device):
-                self._stream = torch.cuda.Stream(device=self.device)
+        if self._stage.stream is not None:
             loader_pins = bool(getattr(loader, "pin_memory", False))
             self._pin = (not loader_pins) if pin_memory is None else bool(pin_memory)
 
     @property
+    def device(self) -> torch.device:
+        return self._stage.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._stage.dtype
+
+    @property
+    def normalizers(self) -> dict[Key, Normalizer]:
+        """``{key: Normalizer}``, each already on :attr:`device`."""
+        return self._stage.normalizers
+
+    @property
     def stream(self) -> torch.cuda.Stream | None:
         """The side stream copies and normalization run on (``None`` off CUDA)."""
-        return self._stream
+        return self._stage.stream
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
@@ -280,49 +346,25 @@ class DeviceLoader:
             raise AttributeError(name)
         return getattr(loader, name)
 
-    def _normalize(self, batch: Any) -> Any:
-        for k, norm in self.normalizers.items():
-            batch = replace(batch, k, norm(pick(batch, k), self.dtype))
-        return batch
-
     def __iter__(self) -> Iterator[Any]:
-        if self._stream is None:
-            return self._iter_cpu()
+        if self._stage.stream is None:
+            return map(self._stage.apply, self.loader)
         return self._iter_cuda()
 
-    def _iter_cpu(self) -> Iterator[Any]:
-        for batch in self.loader:
-            yield self._normalize(move_to_device(batch, self.device))
-
-    def _launch(self, batch: Any) -> tuple[Any, torch.cuda.Event]:
-        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-            out = self._normalize(move_to_device(batch, self.device, non_blocking=True))
-            done = torch.cuda.Event()
-            done.record(self._stream)
-        return out, done
-
-    def _hand_off(self, launched: tuple[Any, torch.cuda.Event]) -> Any:
-        out, done = launched
-        consumer = torch.cuda.current_stream(self.device)
-        consumer.wait_event(done)
-        for t in _each_tensor(out):
-            if t.device.type == "cuda":
-                t.record_stream(consumer)
-        return out
-
     def _iter_cuda(self) -> Iterator[Any]:
+        stage = self._stage
         source = iter(self.loader)  # created here, in the caller's thread (worker setup)
-        pinner = _BackgroundIterator(source, _pin, self.device) if self._pin else None
+        pinner = _BackgroundIterator(source, _pin, stage.device) if self._pin else None
         batches = iter(pinner) if pinner is not None else source
         try:
             pending = None
             for batch in batches:
-                launched = self._launch(batch)  # batch k+1 in flight ...
+                launched = stage.launch(batch)  # batch k+1 in flight ...
                 if pending is not None:
-                    yield self._hand_off(pending)  # ... while k is used
+                    yield stage.hand_off(pending)  # ... while k is used
                 pending = launched
             if pending is not None:
-                yield self._hand_off(pending)
+                yield stage.hand_off(pending)
         finally:
             if pinner is not None:
                 pinner.close()

@@ -1,0 +1,374 @@
+"""Move CPU batches to the device and normalize them there.
+
+:class:`DeviceLoader` wraps any iterable of CPU batches (a ``DataLoader``, a
+``torchdata.nodes.Loader``, a list). Workers and the PCIe link carry the raw
+data (uint8 images: a quarter of the bytes of float32); the affine map runs on
+the device, where it costs one elementwise pass.
+
+On CUDA, per batch:
+
+1. host memory is pinned (by the DataLoader when ``pin_memory=True``,
+   otherwise by a background thread, one batch ahead);
+2. every tensor is copied with ``non_blocking=True`` on one side stream,
+   created once per :class:`DeviceLoader` (not per epoch), and the tensor(s)
+   at ``key`` are normalized on that stream;
+3. batch ``k + 1`` is launched before batch ``k`` is handed over, so its
+   copy overlaps the training step on batch ``k``;
+4. the hand-off is stream-safe: the consumer's current stream waits on an
+   event recorded after batch ``k``'s work, and every tensor is
+   ``record_stream``-ed on it so the caching allocator never recycles memory
+   the training step still reads.
+
+On the CPU the same API normalizes in the main process.
+
+Statistics are never accumulated here or inside a ``Dataset``: with DataLoader
+workers each process would hold a fragment. Compute them in the main process
+with :func:`~streamnorm.compute_stats` (``compute_stats(loader, key=0)``) or
+:class:`~streamnorm.nodes.CollectStats`, before or while training.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from .batch import Key, pick, replace
+from .errors import StreamnormError
+from .normalize import Normalizer, _float_out, _from_numpy, _resolve_device
+
+__all__ = ["DeviceLoader", "DeviceStage", "move_to_device"]
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _map_tensors(obj: Any, fn) -> Any:
+    """Apply ``fn`` to every tensor (and numeric numpy array) of a nested batch."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "biuf":
+        return fn(_from_numpy(obj))
+    if isinstance(obj, Mapping):
+        items = {k: _map_tensors(v, fn) for k, v in obj.items()}
+        try:
+            return type(obj)(items)
+        except TypeError:
+            return items
+    if isinstance(obj, tuple):
+        items = [_map_tensors(v, fn) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if isinstance(obj, list):
+        return [_map_tensors(v, fn) for v in obj]
+    return obj
+
+
+def _each_tensor(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from _each_tensor(v)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _each_tensor(v)
+
+
+def move_to_device(batch: Any, device: Any, non_blocking: bool = False) -> Any:
+    """A copy of a nested batch with every tensor (and numeric numpy array) on ``device``.
+
+    Tuples (named tuples too), lists and mappings keep their types; anything
+    else (strings, ints) passes through.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> out = move_to_device({"x": np.ones(2), "meta": ["a", torch.zeros(1)]}, "cpu")
+    >>> type(out["x"]).__name__, out["meta"][0]
+    ('Tensor', 'a')
+    """
+    dev = torch.device(device)
+    return _map_tensors(batch, lambda t: t.to(dev, non_blocking=non_blocking))
+
+
+def _pin(batch: Any) -> Any:
+    return _map_tensors(batch, lambda t: t if t.is_pinned() or t.device.type != "cpu"
+                        else t.pin_memory())
+
+
+class _BackgroundIterator:
+    """Iterates a source in a background thread, ``prepare``-ing each batch, ``depth`` ahead.
+
+    Exceptions of the source or of ``prepare`` are raised in the consumer;
+    :meth:`close` stops the thread (used for pinning host memory).
+    """
+
+    _END = object()
+
+    def __init__(
+        self,
+        iterator: Iterator[Any],
+        prepare: Callable[[Any], Any],
+        device: torch.device | None = None,
+        depth: int = 2,
+    ) -> None:
+        self._it = iterator
+        self._prepare = prepare
+        self._device = device
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="streamnorm-pin", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: tuple[Any, BaseException | None]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            if self._device is not None and self._device.type == "cuda":
+                torch.cuda.set_device(self._device)  # work in our device's context, not cuda:0
+            for batch in self._it:
+                if not self._put((self._prepare(batch), None)):
+                    return
+            self._put((self._END, None))
+        except Exception as exc:  # noqa: BLE001 -- handed to the consumer, raised there
+            self._put((None, exc))
+        finally:
+            self._it = None  # drop the source iterator (DataLoader workers) here
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item, exc = self._queue.get()
+            if exc is not None:
+                raise exc
+            if item is self._END:
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def _check_key(key: Any) -> None:
+    if key is not None and (isinstance(key, bool) or not isinstance(key, (int, str))):
+        raise StreamnormError(
+            f"key must be an int (tuple/list batches), a str (dict batches) or None, got {key!r}"
+        )
+
+
+class DeviceStage:
+    """Copy a CPU batch to the device and normalize it there (shared by loader and node).
+
+    Holds the normalizers (moved to the device once) and, on CUDA, the one
+    side stream. :meth:`launch` enqueues the copy and the normalization on
+    that stream and records an event; :meth:`hand_off` makes the caller's
+    current stream wait for it and ``record_stream``-s every tensor. On the
+    CPU :meth:`apply` does both at once.
+    """
+
+    def __init__(
+        self,
+        norm: Normalizer | Mapping[Key, Normalizer],
+        device: Any = None,
+        key: Key = None,
+        dtype: Any = torch.float32,
+    ) -> None:
+        _check_key(key)
+        if isinstance(norm, Normalizer):
+            norms: dict[Key, Normalizer] = {key: norm}
+        elif isinstance(norm, Mapping):
+            if key is not None:
+                raise StreamnormError(
+                    "norm is a dict {key: Normalizer}, so it names the keys itself; "
+                    "leave key=None"
+                )
+            if not norm:
+                raise StreamnormError("norm is an empty dict; give at least one {key: Normalizer}")
+            norms = {}
+            for k, n in norm.items():
+                if isinstance(k, bool) or not isinstance(k, (int, str)):
+                    raise StreamnormError(f"normalizer keys must be int or str, got {k!r}")
+                if not isinstance(n, Normalizer):
+                    raise StreamnormError(
+                        f"norm[{k!r}] is a {type(n).__name__}, not a streamnorm.Normalizer"
+                    )
+                norms[k] = n
+        else:
+            raise StreamnormError(
+                f"norm must be a streamnorm.Normalizer or a dict of them, got "
+                f"{type(norm).__name__}"
+            )
+        self.device = _default_device() if device is None else _resolve_device(device)
+        self.dtype = _float_out(dtype)
+        # scale/shift cross to the device here, once, on the default stream
+        self.normalizers: dict[Key, Normalizer] = {k: n.to(self.device) for k, n in norms.items()}
+        self.stream = None
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                self.stream = torch.cuda.Stream(device=self.device)
+
+    def _normalize(self, batch: Any) -> Any:
+        for k, norm in self.normalizers.items():
+            batch = replace(batch, k, norm(pick(batch, k), self.dtype))
+        return batch
+
+    def apply(self, batch: Any) -> Any:
+        """Move and normalize synchronously (the CPU path)."""
+        return self._normalize(move_to_device(batch, self.device))
+
+    def launch(self, batch: Any) -> tuple[Any, Any]:
+        """Enqueue copy + normalize of ``batch`` on the side stream (CUDA)."""
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            out = self._normalize(move_to_device(batch, self.device, non_blocking=True))
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return out, done
+
+    def hand_off(self, launched: tuple[Any, Any]) -> Any:
+        """Make the caller's stream wait for a launched batch; return the batch."""
+        out, done = launched
+        consumer = torch.cuda.current_stream(self.device)
+        consumer.wait_event(done)
+        for t in _each_tensor(out):
+            if t.device.type == "cuda":
+                # the allocator must not recycle these blocks (allocated on the
+                # side stream) until the consumer's work on them is done
+                t.record_stream(consumer)
+        return out
+
+
+class DeviceLoader:
+    """Iterate CPU batches as device batches, normalized on the device.
+
+    Parameters
+    ----------
+    loader : iterable
+        Yields CPU batches: a tensor, a tuple/list or dict of them, nested;
+        numeric numpy arrays are taken as tensors.
+    norm : Normalizer or dict
+        The map applied to the element at ``key``; or ``{key: Normalizer}``
+        to normalize several elements (then leave ``key`` out).
+    device : str or torch.device, optional
+        Default: the current CUDA device when CUDA is available, else the CPU.
+        A device index (``"cuda:1"``) is honoured.
+    key : int or str, optional
+        The element to normalize: an int for tuple/list batches
+        (``(images, labels)`` -> ``0``), a str for dicts, ``None`` when the
+        batch is a bare tensor.
+    dtype : torch.dtype
+        Output dtype of the normalized tensors (float32, float16, bfloat16,
+        float64).
+    pin_memory : bool, optional
+        CUDA only. ``None`` (default): pin in a background thread unless the
+        loader pins already (``DataLoader(pin_memory=True)``). ``False``:
+        never pin (copies from pageable memory are synchronous).
+
+    Notes
+    -----
+    ``len(device_loader)`` is ``len(loader)``. Attributes the wrapper lacks
+    (``dataset``, ``sampler``, ``batch_size``...) are read from ``loader``.
+
+    Examples
+    --------
+    >>> import torch, streamnorm as sn
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
+    >>> loader = DataLoader(TensorDataset(images, torch.arange(8)), batch_size=4)
+    >>> norm = sn.Normalizer.from_range(0, 255)
+    >>> for x, y in sn.DeviceLoader(loader, norm, device="cpu", key=0):
+    ...     print(x.dtype, x.shape, float(x.max()) <= 1.0, y.tolist())
+    torch.float32 torch.Size([4, 3, 4, 4]) True [0, 1, 2, 3]
+    torch.float32 torch.Size([4, 3, 4, 4]) True [4, 5, 6, 7]
+    """
+
+    def __init__(
+        self,
+        loader: Iterable[Any],
+        norm: Normalizer | Mapping[Key, Normalizer],
+        device: Any = None,
+        key: Key = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        pin_memory: bool | None = None,
+    ) -> None:
+        if not hasattr(loader, "__iter__"):
+            raise StreamnormError(
+                f"loader must be an iterable of batches (a DataLoader, a list...), got "
+                f"{type(loader).__name__}"
+            )
+        if pin_memory not in (None, True, False):
+            raise StreamnormError(f"pin_memory must be None, True or False, got {pin_memory!r}")
+        self.loader = loader
+        self._stage = DeviceStage(norm, device, key, dtype)
+        self._pin = False
+        if self._stage.stream is not None:
+            loader_pins = bool(getattr(loader, "pin_memory", False))
+            self._pin = (not loader_pins) if pin_memory is None else bool(pin_memory)
+
+    @property
+    def device(self) -> torch.device:
+        return self._stage.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._stage.dtype
+
+    @property
+    def normalizers(self) -> dict[Key, Normalizer]:
+        """``{key: Normalizer}``, each already on :attr:`device`."""
+        return self._stage.normalizers
+
+    @property
+    def stream(self) -> torch.cuda.Stream | None:
+        """The side stream copies and normalization run on (``None`` off CUDA)."""
+        return self._stage.stream
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        loader = self.__dict__.get("loader")
+        if loader is None or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(loader, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._stage.stream is None:
+            return map(self._stage.apply, self.loader)
+        return self._iter_cuda()
+
+    def _iter_cuda(self) -> Iterator[Any]:
+        stage = self._stage
+        source = iter(self.loader)  # created here, in the caller's thread (worker setup)
+        pinner = _BackgroundIterator(source, _pin, stage.device) if self._pin else None
+        batches = iter(pinner) if pinner is not None else source
+        try:
+            pending = None
+            for batch in batches:
+                launched = stage.launch(batch)  # batch k+1 in flight ...
+                if pending is not None:
+                    yield stage.hand_off(pending)  # ... while k is used
+                pending = launched
+            if pending is not None:
+                yield stage.hand_off(pending)
+        finally:
+            if pinner is not None:
+                pinner.close()
+
+    def __repr__(self) -> str:
+        keys = list(self.normalizers)
+        return f"DeviceLoader(device={str(self.device)!r}, keys={keys}, dtype={self.dtype})"

@@ -233,6 +233,14 @@ def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
 def _progress(args: argparse.Namespace) -> bool | None:
     # None: tqdm shows the bar only when stderr is a terminal.
     return False if args.no_progress else None
@@ -288,16 +296,25 @@ def _cmd_compute(args: argparse.Namespace) -> int:
         more = f"; and {len(run.skipped) - 3} more" if len(run.skipped) > 3 else ""
         sys.stderr.write(f"{PROG}: skipped {len(run.skipped)} undecodable image(s): "
                          f"{shown}{more}\n")
-    rate = run.nbytes / run.seconds / 2**20 if run.seconds > 0 else 0.0
+    rate = run.nbytes / run.seconds if run.seconds > 0 else 0.0
     resumed = f", {run.resumed} from the checkpoint" if run.resumed else ""
     _out(
         f"saved split {args.split!r} to {path}: {run.stats.n_features} features "
         f"({run.stats.layout}, {run.stats.dtype}), {run.rows:,} {run.source.unit}, "
-        f"{run.shards} shard(s){resumed}, {run.nbytes / 2**20:.1f} MiB in {run.seconds:.2f} s "
-        f"({rate:.0f} MiB/s)"
+        f"{run.shards} shard(s){resumed}, {_size(run.nbytes)} in {run.seconds:.2f} s "
+        f"({_size(rate)}/s)"
         + (f", {len(run.skipped)} skipped" if run.skipped else "")
     )
     return 0
+
+
+_USUAL_ORDER = ("train", "training", "val", "valid", "validation", "dev", "test", "testing")
+
+
+def _split_order(name: str) -> tuple[int, str]:
+    """train, val, test first (in that order), then the rest by name."""
+    lower = name.lower()
+    return (_USUAL_ORDER.index(lower) if lower in _USUAL_ORDER else len(_USUAL_ORDER), name)
 
 
 def _load_splits(root: str, splits: Sequence[str] | None, so: Any) -> dict[str, Any]:
@@ -307,14 +324,15 @@ def _load_splits(root: str, splits: Sequence[str] | None, so: Any) -> dict[str, 
         _check_split(name)
     store = StatsStore(root, so)
     if not splits:
-        splits = store.splits()
+        splits = sorted(store.splits(), key=_split_order)
         if not splits:
             raise StreamnormError(
                 f"{root}: no statistics found (expected {root.rstrip('/')}/split=<name>/"
                 f"stats.parquet); create them with: streamnorm compute SOURCE --store {root} "
                 f"--split NAME"
             )
-    return store.load_many(list(splits))
+    loaded = store.load_many(list(dict.fromkeys(splits)))  # diff A A: load A once
+    return {name: loaded[name] for name in splits}
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

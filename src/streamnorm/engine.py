@@ -468,7 +468,7 @@ def _run_local(
             raise
 
 
-def _dask_client(scheduler: Any, workers: int | None) -> tuple[Any, Any]:
+def _dask_client(scheduler: Any, workers: int | None, timeout: str = "20s") -> tuple[Any, Any]:
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
@@ -479,7 +479,7 @@ def _dask_client(scheduler: Any, workers: int | None) -> tuple[Any, Any]:
         return scheduler, None
     if scheduler:
         try:
-            return Client(scheduler, timeout="20s", set_as_default=False), None
+            return Client(scheduler, timeout=timeout, set_as_default=False), None
         except (OSError, TimeoutError) as exc:
             raise StreamnormError(
                 f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())}); "
@@ -505,10 +505,11 @@ def _run_dask(
             key=[f"streamnorm-shard-{shard_digest(s.id)}" for s in shards], **kwargs,
         )
         try:
-            for future in as_completed(futures):
-                result = future.result()
-                future.release()
-                on_result(_fresh(result))
+            with client.as_current():  # as_completed looks for a current client
+                for future in as_completed(futures):
+                    result = future.result()
+                    future.release()
+                    on_result(_fresh(result))
         except BaseException:
             client.cancel(futures)
             raise

@@ -385,6 +385,17 @@ def plot(
     ax = fig.add_subplot(grid[0, :])
     x = np.arange(n_feat, dtype=float)
     step = 0.8 / max(1, len(splits))
+    # Features on very different scales (tables) are drawn in standard
+    # deviations of the first split, so that each one stays readable.
+    center, unit = first.mean[:n_feat].copy(), first.std[:n_feat].copy()
+    spans = (first.max[:n_feat] - first.min[:n_feat])
+    spans = spans[np.isfinite(spans) & (spans > 0)]
+    standardize = spans.size > 1 and spans.max() / spans.min() > 50
+    if standardize:
+        unit = np.where(np.isfinite(unit) & (unit > 0), unit, 1.0)
+        center = np.where(np.isfinite(center), center, 0.0)
+    else:
+        center, unit = np.zeros(n_feat), np.ones(n_feat)
     for i, split in enumerate(splits):
         stats = stats_by_split[split]
         if stats.feature_names[:n_feat] != tuple(names):
@@ -392,16 +403,22 @@ def plot(
                 f"split {split!r} has other features than {splits[0]!r}; plot them separately"
             )
         xs = x - 0.4 + step * (i + 0.5)
-        mean, std = stats.mean[:n_feat], stats.std[:n_feat]
+        mean = (stats.mean[:n_feat] - center) / unit
+        std = stats.std[:n_feat] / unit
         line = ax.errorbar(xs, mean, yerr=std, fmt="o", capsize=3, markersize=4,
                            label=f"{split}: mean ± std")
         color = line[0].get_color()
-        ax.scatter(xs, stats.min[:n_feat], marker="v", s=14, color=color, alpha=0.6)
-        ax.scatter(xs, stats.max[:n_feat], marker="^", s=14, color=color, alpha=0.6)
+        ax.scatter(xs, (stats.min[:n_feat] - center) / unit, marker="v", s=14, color=color,
+                   alpha=0.6)
+        ax.scatter(xs, (stats.max[:n_feat] - center) / unit, marker="^", s=14, color=color,
+                   alpha=0.6)
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=90 if n_feat > 12 else 0, fontsize=8)
     ax.set_xlabel("feature")
-    ax.set_ylabel("value (▼ min, ▲ max)")
+    if standardize:
+        ax.set_ylabel(f"std units of {splits[0]} (▼ min, ▲ max)")
+    else:
+        ax.set_ylabel("value (▼ min, ▲ max)")
     shown = "" if first.n_features <= n_feat else f" (first {n_feat} of {first.n_features})"
     ax.set_title((title or "per-feature statistics") + shown)
     ax.legend(fontsize=8, loc="best")

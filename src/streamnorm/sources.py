@@ -155,13 +155,9 @@ class FileInfo:
 
 
 def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    """The one place where a URL and its storage options become a filesystem."""
-    import fsspec
+    from .fsutil import resolve_url
 
-    try:
-        return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    except (ImportError, ValueError) as exc:
-        raise SourceError(f"{url}: cannot open this URL ({_one_line(exc)})") from exc
+    return resolve_url(url, storage_options)
 
 
 def _version(info: Mapping[str, Any]) -> str:
@@ -557,7 +553,7 @@ class Shard:
         info = self.files[0]
         fs, path = _fs(info.url, self.storage_options)
         try:
-            if fs.protocol in ("file", "local") or "file" in getattr(fs, "protocol", ()):
+            if _is_local(fs):
                 return pq.ParquetFile(path, memory_map=False)
             return pq.ParquetFile(fs.open(path, "rb"))
         except (OSError, ValueError) as exc:
@@ -878,8 +874,9 @@ def decode_image(data: bytes, mode: str = "RGB", where: str = "<bytes>") -> np.n
 
 
 def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocol or "local" in protocol
+    from .fsutil import is_local
+
+    return is_local(fs)
 
 
 def _npy_local(path: str, url: str) -> np.ndarray:

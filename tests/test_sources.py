@@ -54,12 +54,19 @@ def test_parquet_numeric_columns_by_row_group(tmp_path, rng):
 
 def test_parquet_columns_argument_and_zero_copy(tmp_path, rng):
     cols = write_table(tmp_path / "t.parquet", rng)
-    src = open_source([tmp_path / "t.parquet"], columns=["f64", "u8"], batch_rows=300)
+    src = open_source([tmp_path / "t.parquet"], columns=["f64", "u8"])
     assert src.feature_names == ("f64", "u8")
     stats = reduce_source(src)
     assert_close_to_numpy(stats, {"f64": cols["f64"], "u8": cols["u8"]})
-    batch = next(src.shards[0].batches())
-    assert batch.shape == (300, 2)
+    assert [b.shape for b in src.shards[0].batches()] == [(100, 2)] * 10   # whole row groups
+    small = open_source([tmp_path / "t.parquet"], columns=["f64", "u8"], batch_bytes=300)
+    shapes = [b.shape[0] for b in small.shards[0].batches()]
+    assert len(shapes) > 10 and sum(shapes) == 1000 and max(shapes) < 100
+    assert reduce_source(small).count.tolist() == [1000, 1000]
+    # a single column goes to the kernels without a copy
+    col = pq.ParquetFile(tmp_path / "t.parquet").read_row_group(0, columns=["f64"]).column(0)
+    values = sn.sources._arrow_to_numpy(col.chunk(0), nulls_as_nan=True)
+    assert np.shares_memory(values, np.frombuffer(col.chunk(0).buffers()[1], np.float64))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,27 +79,33 @@ def test_parquet_columns_argument_and_zero_copy(tmp_path, rng):
 def test_parquet_nulls_omitted_and_counted(tmp_path_factory, rows, group, null_rate, seed):
     rng = np.random.default_rng(seed)
     path = tmp_path_factory.mktemp("nulls") / "t.parquet"
-    ints = rng.integers(-1000, 1000, rows).astype(np.int16)
+    ints = {name: rng.integers(-1000, 1000, rows).astype(np.int16) for name in ("i", "j")}
     floats = rng.standard_normal(rows)
     floats[rng.random(rows) < 0.05] = np.nan          # real NaNs as well as nulls
-    imask = rng.random(rows) < null_rate
-    fmask = rng.random(rows) < null_rate
-    pq.write_table(pa.table({"i": pa.array(ints, mask=imask), "f": pa.array(floats, mask=fmask)}),
-                   path, row_group_size=group)
+    masks = {name: rng.random(rows) < null_rate for name in ("i", "j", "f")}
+    masks["j"] &= rng.random(rows) < 0.5              # j: fewer nulls than i
+    table = {name: pa.array(values, mask=masks[name]) for name, values in ints.items()}
+    table["f"] = pa.array(floats, mask=masks["f"])
+    table["g"] = pa.array(rng.standard_normal(rows).astype(np.float32))   # no nulls
+    pq.write_table(pa.table(table), path, row_group_size=group)
     stats = reduce_source(open_source([path], shard_bytes=1), nan_policy="omit")
-    i_ok = ints[~imask]
-    f_all = np.where(fmask, np.nan, floats)
+    assert stats.feature_names == ("i", "j", "f", "g")
+    for f, name in enumerate(("i", "j")):
+        kept = ints[name][~masks[name]]
+        assert stats.count[f] == kept.size and stats.nan_count[f] == masks[name].sum()
+        if kept.size:   # integer columns stay exact: the bits of one pass over the values
+            exact = sn.compute_stats([kept.reshape(-1, 1)], layout="NF")
+            assert stats.mean[f] == exact.mean[0] and stats.m2[f] == exact.m2[0]
+            assert stats.min[f] == kept.min() and stats.max[f] == kept.max()
+    f_all = np.where(masks["f"], np.nan, floats)
     f_ok = f_all[np.isfinite(f_all)]
-    assert stats.count.tolist() == [i_ok.size, f_ok.size]
-    assert stats.nan_count.tolist() == [int(imask.sum()), int((~np.isfinite(f_all)).sum())]
-    if i_ok.size:
-        exact = sn.compute_stats([i_ok.reshape(-1, 1)], layout="NF")
-        assert stats.mean[0] == exact.mean[0] and stats.m2[0] == exact.m2[0]
+    assert stats.count[2] == f_ok.size and stats.nan_count[2] == (~np.isfinite(f_all)).sum()
     if f_ok.size:
-        np.testing.assert_allclose(stats.mean[1], f_ok.mean(), rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(stats.var[1], f_ok.var(), rtol=1e-9, atol=1e-14)
+        np.testing.assert_allclose(stats.mean[2], f_ok.mean(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(stats.var[2], f_ok.var(), rtol=1e-9, atol=1e-14)
     else:
-        assert np.isnan(stats.mean[1])
+        assert np.isnan(stats.mean[2])
+    assert stats.count[3] == rows and stats.nan_count[3] == 0
 
 
 def test_parquet_nulls_under_raise_and_propagate(tmp_path):

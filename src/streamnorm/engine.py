@@ -7,7 +7,8 @@ and merges the partials:
 ``local`` (default)
     This machine. Parquet and ``.npy`` shards run on threads (pyarrow and the
     numba kernels release the GIL); image decoding holds the GIL in Pillow, so
-    image shards run in a process pool. ``workers=1`` runs inline.
+    image shards run in a process pool (from 128 MiB of images on; less is
+    decoded inline). ``workers=1`` runs inline.
 ``dask``
     Dask distributed: ``scheduler="tcp://host:port"`` (or a
     ``distributed.Client``) for an existing cluster, otherwise a
@@ -44,6 +45,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -53,7 +55,7 @@ from typing import Any
 
 from .errors import StreamnormError
 from .sources import (
-    DEFAULT_BATCH_ROWS,
+    DEFAULT_BATCH_BYTES,
     DEFAULT_IMAGES_PER_SHARD,
     DEFAULT_SHARD_BYTES,
     Shard,
@@ -77,6 +79,10 @@ __all__ = [
 ]
 
 ENGINES = ("local", "dask")
+#: Below this many input bytes, image sources are decoded in this process:
+#: starting worker processes (interpreter, imports, kernel loading: about a
+#: second) would cost more than decoding in parallel saves.
+PROCESS_POOL_MIN_BYTES = 128 * 2**20
 NAN_POLICIES = ("raise", "omit", "propagate")
 
 
@@ -136,10 +142,12 @@ class RunResult:
 
 
 def compute_shard(
-    shard: Shard, histogram: bool = False, nan_policy: str = "raise", skip_bad: bool = False
+    shard: Shard, histogram: bool = False, nan_policy: str = "raise", skip_bad: bool = False,
+    read_threads: bool = True,
 ) -> ShardResult:
     """Reduce one shard; a module-level function so pools and Dask can ship it."""
-    return shard.compute(histogram=histogram, nan_policy=nan_policy, skip_bad=skip_bad)
+    return shard.compute(histogram=histogram, nan_policy=nan_policy, skip_bad=skip_bad,
+                         read_threads=read_threads)
 
 
 def _fresh(result: ShardResult) -> ShardResult:
@@ -302,18 +310,27 @@ class Checkpoint:
         by_digest = {shard_digest(s.id): s for s in shards}
         folder = f"{self._path}/{self.DONE}"
         try:
-            names = [p.rsplit("/", 1)[-1] for p in self._fs.ls(folder, detail=False)]
+            listed = self._fs.ls(folder, detail=False)
         except FileNotFoundError:
             return {}
+        paths = [p for p in listed if p.rsplit("/", 1)[-1][:-5] in by_digest
+                 and p.endswith(".json")]
+        try:
+            # one call: concurrent requests on object stores
+            blobs = self._fs.cat(paths, on_error="return") if paths else {}
+        except OSError as exc:
+            raise CheckpointError(f"cannot read the checkpoint {self.root}: {exc}") from exc
         markers = {}
-        for name in names:
-            digest = name[:-5] if name.endswith(".json") else None
-            if digest not in by_digest:
-                continue
-            marker = self._read_json(f"{folder}/{name}")
-            if marker is None or marker.get("shard") != by_digest[digest].id:
-                continue
-            markers[digest] = marker
+        for path, data in blobs.items():
+            digest = path.rsplit("/", 1)[-1][:-5]
+            if isinstance(data, BaseException):
+                continue  # vanished or unreadable: the shard is redone
+            try:
+                marker = json.loads(data)
+            except ValueError:
+                continue  # cannot happen with atomic writes; redo the shard anyway
+            if isinstance(marker, dict) and marker.get("shard") == by_digest[digest].id:
+                markers[digest] = marker
         wanted = {d: _part_splits(d, int(m.get("parts", 0))) for d, m in markers.items()}
         present = {name for names in wanted.values() for name in names
                    if self.store.exists(name)}
@@ -348,6 +365,25 @@ def _part_splits(digest: str, n: int) -> list[str]:
     return [f"shard-{digest}" + (f".{k}" if k else "") for k in range(n)]
 
 
+#: Up to this many input files, the manifest lists each one (so a refusal can
+#: name the file that changed); beyond, it keeps a digest of them.
+MANIFEST_MAX_FILES = 10_000
+
+
+def run_description(source: Source, **options: Any) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: inputs, read options, options."""
+    described = source.describe()
+    shards = described.pop("shards")
+    files = {f["path"]: f for shard in shards for f in shard["files"]}
+    digest = hashlib.sha1(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+    return {
+        "source": described,
+        "shards": {"count": len(shards), "sha1": digest},
+        "files": list(files.values()) if len(files) <= MANIFEST_MAX_FILES else len(files),
+        **options,
+    }
+
+
 def json_safe(value: Any) -> Any:
     """Round-trip ``value`` through JSON (tuples become lists) for comparisons."""
     return json.loads(json.dumps(value, sort_keys=True))
@@ -355,19 +391,25 @@ def json_safe(value: Any) -> Any:
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
+        keys = sorted(set(old) | set(new), key=lambda k: (k in ("shards",), k))
+        for key in keys:  # files before shards: name the file that changed
             if old.get(key) != new.get(key):
+                if key == "files":
+                    return _file_difference(old.get(key), new.get(key))
                 if key == "shards":
-                    return _shard_difference(old.get(key) or [], new.get(key) or [])
+                    return ("shards (the files are cut differently: other shard_bytes or "
+                            "images_per_shard)")
                 return _first_difference(old.get(key), new.get(key), f"{path}{key}.")
         return "arguments"
     name = path.rstrip(".") or "arguments"
     return f"{name} ({old!r} then, {new!r} now)"
 
 
-def _shard_difference(old: list[Any], new: list[Any]) -> str:
-    old_files = {f["path"]: f for s in old for f in s.get("files", [])}
-    new_files = {f["path"]: f for s in new for f in s.get("files", [])}
+def _file_difference(old: Any, new: Any) -> str:
+    if not isinstance(old, list) or not isinstance(new, list):
+        return "input files (their sizes or versions changed)"
+    old_files = {f["path"]: f for f in old}
+    new_files = {f["path"]: f for f in new}
     for path in sorted(set(old_files) | set(new_files)):
         if path not in new_files:
             return f"input files ({path} is gone)"
@@ -375,7 +417,7 @@ def _shard_difference(old: list[Any], new: list[Any]) -> str:
             return f"input files ({path} is new)"
         if old_files[path] != new_files[path]:
             return f"input files ({path} changed size or version)"
-    return "shards (the files are cut differently: other shard_bytes/images_per_shard)"
+    return "input files"
 
 
 # ---------------------------------------------------------------------------
@@ -445,6 +487,9 @@ def _run_local(
         for shard in shards:
             on_result(compute_shard(shard, **kwargs))
         return
+    # One shard per worker at a time, each decoded on its own thread: on a
+    # CPU-bound read this keeps every core busy with no hand-offs.
+    kwargs = {**kwargs, "read_threads": False}
     import concurrent.futures as cf
 
     if processes:
@@ -543,7 +588,7 @@ def compute(
     progress: bool | TqdmProgress | None = False,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> RunResult:
     """Statistics of Parquet files, image files or ``.npy`` arrays, in one pass.
 
@@ -553,7 +598,7 @@ def compute(
         Files, folders, globs or fsspec URLs (see :func:`~streamnorm.sources.open_source`),
         or a source opened already.
     layout, columns, image_column, image_mode, storage_options, shard_bytes,
-    images_per_shard, batch_rows
+    images_per_shard, batch_bytes
         Passed to :func:`~streamnorm.sources.open_source`.
     histogram : bool
         Exact 256-bin histograms (8-bit data: images, uint8/int8 columns).
@@ -601,14 +646,14 @@ def compute(
         source = open_source(
             paths, layout=layout, columns=columns, image_column=image_column,
             image_mode=image_mode, storage_options=storage_options, shard_bytes=shard_bytes,
-            images_per_shard=images_per_shard, batch_rows=batch_rows,
+            images_per_shard=images_per_shard, batch_bytes=batch_bytes,
         )
     kwargs = {"histogram": bool(histogram), "nan_policy": nan_policy, "skip_bad": bool(skip_bad)}
     results: dict[str, ShardResult] = {}
     ckpt = None
     if checkpoint is not None:
         ckpt = Checkpoint(checkpoint, checkpoint_storage_options)
-        ckpt.open({"source": source.describe(), **kwargs})
+        ckpt.open(run_description(source, **kwargs))
         results.update(ckpt.done(source.shards))
     pending = [s for s in source.shards if s.id not in results]
 
@@ -629,7 +674,10 @@ def compute(
         if pending:
             if engine == "local":
                 heavy = source.kind == "image" or source.options.image_column is not None
-                _run_local(pending, workers or os.cpu_count() or 1, heavy, kwargs, on_result)
+                n_workers = workers or os.cpu_count() or 1
+                if heavy and sum(s.nbytes for s in pending) < PROCESS_POOL_MIN_BYTES:
+                    n_workers = 1  # decoding holds the GIL; starting processes would cost more
+                _run_local(pending, n_workers, heavy, kwargs, on_result)
             else:
                 _run_dask(pending, workers, scheduler, kwargs, on_result)
     finally:

@@ -99,10 +99,10 @@ IMAGE_MODES = ("RGB", "L")
 DEFAULT_SHARD_BYTES = 64 * 2**20
 #: Default number of image files per shard.
 DEFAULT_IMAGES_PER_SHARD = 256
-#: Default rows per Parquet record batch.
-DEFAULT_BATCH_ROWS = 65536
-#: Target size of one chunk read from a ``.npy`` file.
-NPY_CHUNK_BYTES = 16 * 2**20
+#: Decoded images of one size are stacked up to this many bytes per kernel call.
+IMAGE_STACK_BYTES = 8 * 2**20
+#: Default bytes of decoded Parquet data read at once (whole row groups up to this).
+DEFAULT_BATCH_BYTES = 64 * 2**20
 
 _MAGIC = {
     b"PAR1": "parquet",
@@ -416,7 +416,7 @@ class ReadOptions:
     tensor_shape: tuple[int, ...] = ()
     image_column: str | None = None
     image_mode: str = "RGB"
-    batch_rows: int = DEFAULT_BATCH_ROWS
+    batch_bytes: int = DEFAULT_BATCH_BYTES
     feature_names: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -426,7 +426,7 @@ class ReadOptions:
             "tensor_shape": list(self.tensor_shape),
             "image_column": self.image_column,
             "image_mode": self.image_mode,
-            "batch_rows": self.batch_rows,
+            "batch_bytes": self.batch_bytes,
             "feature_names": None if self.feature_names is None else list(self.feature_names),
         }
 
@@ -524,8 +524,13 @@ class Shard:
         histogram: bool = False,
         nan_policy: str = "raise",
         skip_bad: bool = False,
+        read_threads: bool = True,
     ) -> ShardResult:
         """Reduce the shard to its partial statistics.
+
+        ``read_threads`` lets pyarrow decode a row group's columns on its
+        thread pool; turn it off when shards already run in parallel (one
+        shard per core is cheaper than every shard on every core).
 
         Errors from the kernels (non-finite values, bad dtypes) are re-raised
         as the same :class:`~streamnorm.StreamnormError` subclass with the
@@ -534,8 +539,8 @@ class Shard:
         try:
             if self.kind == "parquet" and self.options.image_column is None:
                 if self.options.tensor_shape:
-                    return self._compute_tensor(histogram, nan_policy)
-                return self._compute_table(histogram, nan_policy)
+                    return self._compute_tensor(histogram, nan_policy, read_threads)
+                return self._compute_table(histogram, nan_policy, read_threads)
             if self.kind == "npy":
                 return self._compute_npy(histogram, nan_policy)
             return self._compute_images(histogram, nan_policy, skip_bad)
@@ -554,28 +559,47 @@ class Shard:
         fs, path = _fs(info.url, self.storage_options)
         try:
             if _is_local(fs):
-                return pq.ParquetFile(path, memory_map=False)
+                # Mapped, not read: pages come straight from the page cache
+                # instead of being copied into a read buffer first.
+                return pq.ParquetFile(path, memory_map=True, pre_buffer=False)
             return pq.ParquetFile(fs.open(path, "rb"))
         except (OSError, ValueError) as exc:
             raise SourceError(
                 f"{_display(info.url)}: not a readable Parquet file ({_one_line(exc)})"
             ) from exc
 
-    def _table_batches(self, columns: Sequence[str] | None = None) -> Iterator[list[Any]]:
+    def _table_batches(
+        self, columns: Sequence[str] | None = None, read_threads: bool = True
+    ) -> Iterator[list[Any]]:
+        """The shard's selected columns, one list of Arrow arrays per read.
+
+        Row groups whose selected columns decode to at most ``batch_bytes``
+        are read whole (pyarrow's fastest path); larger ones in record
+        batches of about ``batch_bytes``, which bounds memory.
+        """
+        import pyarrow as pa
+
         pf = self._open_parquet()
         names = list(columns if columns is not None else self.options.columns)
         # A threaded read of an in-memory buffer can abort the interpreter at
         # exit (apache/arrow #34314), so only files pyarrow opens itself use threads.
-        threaded = _is_local(_fs(self.files[0].url, self.storage_options)[0])
+        threaded = read_threads and _is_local(_fs(self.files[0].url, self.storage_options)[0])
+        wanted = set(names)
         try:
-            for rb in pf.iter_batches(
-                batch_size=self.options.batch_rows,
-                row_groups=list(range(self.start, self.stop)),
-                columns=names,
-                use_threads=threaded,
-            ):
-                yield [rb.column(i) for i in range(rb.num_columns)]
-        except (OSError, ValueError) as exc:
+            meta = pf.metadata
+            for i in range(self.start, self.stop):
+                rg = meta.row_group(i)
+                size = sum(rg.column(j).total_uncompressed_size for j in range(rg.num_columns)
+                           if rg.column(j).path_in_schema.split(".")[0] in wanted)
+                if size <= self.options.batch_bytes or rg.num_rows <= 1:
+                    table = pf.read_row_group(i, columns=names, use_threads=threaded)
+                    yield [_combined(table.column(k)) for k in range(table.num_columns)]
+                    continue
+                rows = max(1, rg.num_rows * self.options.batch_bytes // max(size, 1))
+                for rb in pf.iter_batches(batch_size=rows, row_groups=[i], columns=names,
+                                          use_threads=threaded):
+                    yield [rb.column(k) for k in range(rb.num_columns)]
+        except (OSError, ValueError, pa.ArrowException) as exc:
             if isinstance(exc, StreamnormError):
                 raise
             raise SourceError(
@@ -584,50 +608,11 @@ class Shard:
         finally:
             pf.close()
 
-    def _compute_table(self, histogram: bool, nan_policy: str) -> ShardResult:
-        from .accumulate import StatsAccumulator
-
-        names = self.options.columns
-        accs = [
-            StatsAccumulator(layout="NF", feature_names=[n], histogram=histogram,
-                             nan_policy=nan_policy)
-            for n in names
-        ]
-        extra_nan = [0] * len(names)
-        seen = [False] * len(names)
-        dtypes: list[np.dtype | None] = [None] * len(names)
-        rows = 0
-        for columns in self._table_batches():
-            rows += len(columns[0]) if columns else 0
-            for j, col in enumerate(columns):
-                import pyarrow as pa
-
-                if col.null_count and not pa.types.is_floating(col.type):
-                    if nan_policy != "omit":
-                        raise NonFiniteError(
-                            f"{self.where}: column {names[j]!r} ({col.type}) has "
-                            f"{col.null_count} null(s); integer statistics are exact and "
-                            f"cannot hold a missing value under nan_policy={nan_policy!r}; "
-                            f"use nan_policy='omit' (--nan-policy omit) to skip and count "
-                            f"them, or cast the column to float"
-                        )
-                    extra_nan[j] += col.null_count
-                    col = col.drop_null()
-                values = _arrow_to_numpy(col, nulls_as_nan=True)
-                if dtypes[j] is None:
-                    dtypes[j] = values.dtype
-                elif values.dtype != dtypes[j]:
-                    values = values.astype(dtypes[j])
-                if values.size or not seen[j]:
-                    accs[j].update(values.reshape(-1, 1))
-                    seen[j] = True
-        if rows == 0 and not any(seen):
-            return ShardResult(self.id, (), 0, self.nbytes)
-        columns = [_add_nan(acc.result(), [extra]) for acc, extra in zip(accs, extra_nan)]
-        exact = [c for c in columns if c.int_sum is not None]
-        other = [c for c in columns if c.int_sum is None]
-        groups = tuple(concat_features(g, "NF") for g in (exact, other) if g)
-        return ShardResult(self.id, groups, rows, self.nbytes)
+    def _compute_table(self, histogram: bool, nan_policy: str, read_threads: bool) -> ShardResult:
+        reducer = _TableReducer(self.options.columns, histogram, nan_policy, self.where)
+        for columns in self._table_batches(read_threads=read_threads):
+            reducer.update(columns)
+        return ShardResult(self.id, reducer.result(), reducer.rows, self.nbytes)
 
     def _tensor_values(self, col: Any, policy: str) -> tuple[np.ndarray, int]:
         """A tensor column's batch as ``(rows, *shape)`` and the null rows dropped."""
@@ -668,7 +653,7 @@ class Shard:
             return full.reshape((len(valid), *shape)), 0
         return values.reshape((n_rows, *shape)), dropped
 
-    def _compute_tensor(self, histogram: bool, nan_policy: str) -> ShardResult:
+    def _compute_tensor(self, histogram: bool, nan_policy: str, read_threads: bool) -> ShardResult:
         from .accumulate import StatsAccumulator
 
         acc = StatsAccumulator(layout=self.options.layout,
@@ -677,7 +662,7 @@ class Shard:
         rows = 0
         dropped = 0
         seen = False
-        for (col,) in self._table_batches():
+        for (col,) in self._table_batches(read_threads=read_threads):
             values, lost = self._tensor_values(col, nan_policy)
             rows += len(values) + lost
             dropped += lost
@@ -699,11 +684,11 @@ class Shard:
         if self.kind == "parquet":
             yield from self._column_images(skip_bad, skipped)
             return
+        fs, _ = _fs(self.files[0].url, self.storage_options)  # one filesystem per shard
         for info in self.files:
             where = _display(info.url)
             try:
-                fs, path = _fs(info.url, self.storage_options)
-                with fs.open(path, "rb") as f:
+                with fs.open(fs._strip_protocol(info.url), "rb") as f:
                     data = f.read()
             except (OSError, PermissionError) as exc:
                 if isinstance(exc, StreamnormError):
@@ -749,9 +734,27 @@ class Shard:
                                histogram=histogram, nan_policy=nan_policy)
         skipped: list[tuple[str, str]] = []
         n = 0
+        pending: list[np.ndarray] = []
+        pending_bytes = 0
+
+        def flush() -> None:
+            nonlocal pending_bytes
+            if pending:
+                acc.update(pending[0][None] if len(pending) == 1 else np.stack(pending))
+                pending.clear()
+                pending_bytes = 0
+
+        # Images of one size are reduced a stack at a time: one kernel call per
+        # stack instead of per image (the per-call cost dominates small images).
         for _where, image in self._images(skip_bad, skipped):
-            acc.update(image[None])
+            if pending and image.shape != pending[0].shape:
+                flush()
+            pending.append(image)
+            pending_bytes += image.nbytes
             n += 1
+            if pending_bytes >= IMAGE_STACK_BYTES:
+                flush()
+        flush()
         parts = (acc.result(),) if n else ()
         return ShardResult(self.id, parts, n, self.nbytes, tuple(skipped))
 
@@ -766,7 +769,7 @@ class Shard:
             yield _npy_local(path, info.url) if _is_local(fs) else _npy_read_all(fs, path, header)
             return
         row_bytes = max(int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize, 1)
-        step = max(1, NPY_CHUNK_BYTES // row_bytes)
+        step = max(1, self.options.batch_bytes // row_bytes)
         if _is_local(fs) or fortran:
             array = _npy_local(path, info.url) if _is_local(fs) else _npy_read_all(fs, path, header)
             for lo in range(self.start, self.stop, step):
@@ -792,12 +795,122 @@ class Shard:
         return ShardResult(self.id, (acc.result(),), rows, self.nbytes)
 
 
+class _TableReducer:
+    """Per-column statistics of a table's batches, one accumulator per dtype.
+
+    Columns of one dtype are stacked into a ``(features, rows)`` buffer and
+    reduced in one call (layout ``"FN"``): one kernel call per dtype and batch
+    instead of one per column, and a single column is handed over without a
+    copy. Each dtype keeps its own statistics, so integer columns keep their
+    exact sums whatever the other columns hold. Integer columns with nulls
+    (``nan_policy="omit"``) are ragged for that batch: their values are reduced
+    column by column and merged exactly.
+    """
+
+    def __init__(self, names: Sequence[str], histogram: bool, nan_policy: str,
+                 where: str) -> None:
+        self.names = tuple(names)
+        self.histogram = histogram
+        self.nan_policy = nan_policy
+        self.where = where
+        self.rows = 0
+        self.groups: dict[np.dtype, list[int]] | None = None
+        self.accs: dict[np.dtype, Any] = {}
+        self.extra: dict[np.dtype, list[Stats]] = {}
+        self.nulls = np.zeros(len(self.names), np.int64)
+        self._buffers: dict[np.dtype, np.ndarray] = {}
+
+    def _values(self, j: int, col: Any) -> tuple[np.ndarray, bool]:
+        """Column ``j`` as numpy; ``True`` when nulls were dropped (ragged)."""
+        import pyarrow as pa
+
+        if col.null_count and not pa.types.is_floating(col.type):
+            if self.nan_policy != "omit":
+                raise NonFiniteError(
+                    f"{self.where}: column {self.names[j]!r} ({col.type}) has "
+                    f"{col.null_count} null(s); integer statistics are exact and cannot hold a "
+                    f"missing value under nan_policy={self.nan_policy!r}; use "
+                    f"nan_policy='omit' (--nan-policy omit) to skip and count them, or cast the "
+                    f"column to float"
+                )
+            self.nulls[j] += col.null_count
+            return _arrow_to_numpy(col.drop_null(), nulls_as_nan=False), True
+        return _arrow_to_numpy(col, nulls_as_nan=True), False
+
+    def _accumulator(self, dtype: np.dtype) -> Any:
+        from .accumulate import StatsAccumulator
+
+        assert self.groups is not None
+        names = [self.names[j] for j in self.groups[dtype]]
+        return StatsAccumulator(layout="FN", feature_names=names, histogram=self.histogram,
+                                nan_policy=self.nan_policy)
+
+    def update(self, columns: Sequence[Any]) -> None:
+        n = len(columns[0]) if columns else 0
+        self.rows += n
+        if n == 0:
+            return
+        converted = [self._values(j, col) for j, col in enumerate(columns)]
+        if self.groups is None:
+            self.groups = {}
+            for j, (values, _ragged) in enumerate(converted):
+                self.groups.setdefault(values.dtype, []).append(j)
+            for dtype in self.groups:
+                self.accs[dtype] = self._accumulator(dtype)
+                self.extra[dtype] = []
+        for dtype, members in self.groups.items():
+            arrays = [converted[j][0] for j in members]
+            arrays = [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
+            if any(converted[j][1] for j in members):
+                parts = [self._single(self.names[j], a) for j, a in zip(members, arrays)]
+                self.extra[dtype].append(concat_features(parts, "FN"))
+                continue
+            if len(arrays) == 1:
+                stacked = arrays[0].reshape(1, -1)
+            else:
+                buf = self._buffers.get(dtype)
+                if buf is None or buf.shape != (len(arrays), n):
+                    buf = self._buffers[dtype] = np.empty((len(arrays), n), dtype)
+                for row, a in enumerate(arrays):
+                    buf[row] = a
+                stacked = buf
+            self.accs[dtype].update(stacked)
+
+    def _single(self, name: str, values: np.ndarray) -> Stats:
+        from .accumulate import StatsAccumulator
+
+        acc = StatsAccumulator(layout="FN", feature_names=[name], histogram=self.histogram,
+                               nan_policy=self.nan_policy)
+        return acc.update(values.reshape(1, -1)).result()
+
+    def result(self) -> tuple[Stats, ...]:
+        """One :class:`Stats` per dtype group (layout ``"NF"``); empty without rows."""
+        if self.groups is None:
+            return ()
+        parts = []
+        for dtype, members in self.groups.items():
+            acc = self.accs[dtype]
+            pieces = ([acc.result()] if acc.n_batches else []) + self.extra[dtype]
+            stats = pieces[0]
+            for piece in pieces[1:]:
+                stats = stats.merge(piece)
+            stats = replace(stats, layout="NF",
+                            nan_count=stats.nan_count + self.nulls[members])
+            parts.append(stats)
+        return tuple(parts)
+
+
 def _with_where(exc: StreamnormError, where: str) -> StreamnormError:
     try:
         new = type(exc)(f"{where}: {exc}")
     except TypeError:
         new = StreamnormError(f"{where}: {exc}")
     return new
+
+
+def _combined(col: Any) -> Any:
+    """One Arrow array for a (usually single-chunk) column."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def _arrow_to_numpy(col: Any, nulls_as_nan: bool) -> np.ndarray:
@@ -858,8 +971,7 @@ def decode_image(data: bytes, mode: str = "RGB", where: str = "<bytes>") -> np.n
             im.load()
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
-            out = im.convert(mode)
-            array = np.asarray(out, dtype=np.uint8)
+            array = np.asarray(im if im.mode == mode else im.convert(mode), dtype=np.uint8)
     except BadRecordError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
@@ -971,7 +1083,7 @@ def open_source(
     storage_options: Mapping[str, Any] | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> Source:
     """Resolve paths into a :class:`Source` of shards.
 
@@ -998,8 +1110,11 @@ def open_source(
         Target compressed size of a Parquet shard (whole row groups).
     images_per_shard : int
         Image files per shard.
-    batch_rows : int
-        Rows per Parquet record batch; bounds the memory of one reader.
+    batch_bytes : int
+        Decoded bytes read at once: Parquet row groups up to this size are
+        read whole (pyarrow's fastest path), larger ones in record batches of
+        about this size; ``.npy`` files in chunks of this size. Bounds the
+        memory of one reader (about twice this per worker).
 
     Raises
     ------
@@ -1013,7 +1128,7 @@ def open_source(
     if image_mode not in IMAGE_MODES:
         raise StreamnormError(f"image_mode must be one of {IMAGE_MODES}, got {image_mode!r}")
     for name, value in (("shard_bytes", shard_bytes), ("images_per_shard", images_per_shard),
-                        ("batch_rows", batch_rows)):
+                        ("batch_bytes", batch_bytes)):
         if not isinstance(value, int) or value < 1:
             raise StreamnormError(f"{name} must be a positive integer, got {value!r}")
     if layout is not None:
@@ -1035,18 +1150,18 @@ def open_source(
         )
     if kind == "parquet":
         return _open_parquet_source(infos, layout, columns, image_column, image_mode, so,
-                                    shard_bytes, batch_rows)
+                                    shard_bytes, batch_bytes)
     if kind == "image":
         if layout not in (None, "NHWC"):
             raise LayoutError(f"images are read as 'NHWC' uint8; drop --layout {layout!r}")
-        options = ReadOptions(layout="NHWC", image_mode=image_mode, batch_rows=batch_rows)
+        options = ReadOptions(layout="NHWC", image_mode=image_mode, batch_bytes=batch_bytes)
         shards = tuple(
             Shard("image", tuple(infos[i:i + images_per_shard]), 0, 0, options, so,
                   sum(f.size for f in infos[i:i + images_per_shard]))
             for i in range(0, len(infos), images_per_shard)
         )
         return Source("image", "NHWC", None, shards, options, so)
-    return _open_npy_source(infos, layout, so, batch_rows)
+    return _open_npy_source(infos, layout, so, batch_bytes)
 
 
 def _numeric(typ: Any, allow_bool: bool) -> bool:
@@ -1099,7 +1214,7 @@ def _open_parquet_source(
     image_mode: str,
     so: dict[str, Any],
     shard_bytes: int,
-    batch_rows: int,
+    batch_bytes: int,
 ) -> Source:
     import pyarrow as pa
 
@@ -1197,7 +1312,7 @@ def _open_parquet_source(
         )
     options = ReadOptions(layout=out_layout, columns=selected, tensor_shape=tensor_shape,
                           image_column=image_column, image_mode=image_mode,
-                          batch_rows=batch_rows,
+                          batch_bytes=batch_bytes,
                           feature_names=feature_names if tensor_shape else None)
     shards: list[Shard] = []
     for info, meta in zip(infos, metas):
@@ -1216,7 +1331,7 @@ def _open_parquet_source(
 
 
 def _open_npy_source(
-    infos: list[FileInfo], layout: str | None, so: dict[str, Any], batch_rows: int
+    infos: list[FileInfo], layout: str | None, so: dict[str, Any], batch_bytes: int
 ) -> Source:
     headers = []
     for info in infos:
@@ -1244,7 +1359,7 @@ def _open_npy_source(
             "the .npy files disagree on their number of features: "
             + ", ".join(f"{_display(i.url)} {h[0]}" for i, h in zip(infos, headers))
         )
-    options = ReadOptions(layout=layout, batch_rows=batch_rows)
+    options = ReadOptions(layout=layout, batch_bytes=batch_bytes)
     shards = []
     for info, (shape, dtype, _fortran, _offset) in zip(infos, headers):
         n = shape[0]

@@ -70,11 +70,10 @@ def test_local_workers_and_dask_agree_bit_for_bit(table_dir, dask_client):
     np.testing.assert_array_equal(coarse.stats.m2[:2], first.m2[:2])
 
 
-def test_images_in_a_process_pool(tmp_path, monkeypatch):
+def test_images_in_a_process_pool(tmp_path):
     rng = np.random.default_rng(3)
     write_images(tmp_path, 12, rng)
-    inline = engine.compute([tmp_path], workers=1, images_per_shard=4, histogram=True)
-    monkeypatch.setattr(engine, "PROCESS_POOL_MIN_BYTES", 0)   # small data: force the pool
+    inline = engine.compute([tmp_path], images_per_shard=4, histogram=True)  # small: inline
     pooled = engine.compute([tmp_path], workers=2, images_per_shard=4, histogram=True)
     assert pooled.shards == 3 and pooled.rows == 12
     assert pooled.stats.equals(inline.stats)

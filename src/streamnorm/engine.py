@@ -7,8 +7,9 @@ and merges the partials:
 ``local`` (default)
     This machine. Parquet and ``.npy`` shards run on threads (pyarrow and the
     numba kernels release the GIL); image decoding holds the GIL in Pillow, so
-    image shards run in a process pool (from 128 MiB of images on; less is
-    decoded inline). ``workers=1`` runs inline.
+    image shards run in a process pool (unless ``workers`` is left out and
+    there are less than 128 MiB of images: then they are decoded inline).
+    ``workers=1`` runs inline.
 ``dask``
     Dask distributed: ``scheduler="tcp://host:port"`` (or a
     ``distributed.Client``) for an existing cluster, otherwise a
@@ -609,8 +610,9 @@ def compute(
         decode instead of stopping.
     engine : {"local", "dask"}
     workers : int, optional
-        Local: threads or processes (default: CPU count). Dask: workers of
-        the ``LocalCluster`` started when no ``scheduler`` is given.
+        Local: threads or processes (default: CPU count; small image
+        sources are then decoded inline). Dask: workers of the
+        ``LocalCluster`` started when no ``scheduler`` is given.
     scheduler : str or distributed.Client, optional
         Address (``tcp://host:port``) or client of an existing Dask cluster.
     checkpoint : str, optional
@@ -675,7 +677,8 @@ def compute(
             if engine == "local":
                 heavy = source.kind == "image" or source.options.image_column is not None
                 n_workers = workers or os.cpu_count() or 1
-                if heavy and sum(s.nbytes for s in pending) < PROCESS_POOL_MIN_BYTES:
+                small = sum(s.nbytes for s in pending) < PROCESS_POOL_MIN_BYTES
+                if heavy and small and workers is None:
                     n_workers = 1  # decoding holds the GIL; starting processes would cost more
                 _run_local(pending, n_workers, heavy, kwargs, on_result)
             else:

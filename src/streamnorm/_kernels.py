@@ -293,6 +293,14 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 @_jit
+def _merge_range(lo, hi, new_lo, new_hi):
+    """Merge two (min, max) ranges; a NaN on either side (propagate) wins."""
+    if np.isnan(new_lo) or np.isnan(lo):
+        return np.nan, np.nan
+    return min(lo, new_lo), max(hi, new_hi)
+
+
+@_jit
 def _careful_span(v, k, policy):
     """Moments of one strided 1-D span about ``k``, checking every value.
 
@@ -395,12 +403,7 @@ def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
                 if bad == 1:
                     return j
                 n[j], mean[j], m2[j] = _chan(n[j], mean[j], m2[j], cn, cm, cm2)
-                if np.isnan(clo) or np.isnan(mn[j]):
-                    mn[j] = np.nan
-                    mx[j] = np.nan
-                else:
-                    mn[j] = min(mn[j], clo)
-                    mx[j] = max(mx[j], chi)
+                mn[j], mx[j] = _merge_range(mn[j], mx[j], clo, chi)
         r0 = r1
     return -1
 
@@ -443,24 +446,14 @@ def float_planes(x, k, n, nonfinite, mean, m2, mn, mx, policy):
                 for j in range(lanes):
                     n[f], mean[f], m2[f] = _chan(n[f], mean[f], m2[f], ln[j], lm[j], lm2[j])
                     nonfinite[f] += lnf[j]
-                    if np.isnan(llo[j]) or np.isnan(mn[f]):
-                        mn[f] = np.nan
-                        mx[f] = np.nan
-                    else:
-                        mn[f] = min(mn[f], llo[j])
-                        mx[f] = max(mx[f], lhi[j])
+                    mn[f], mx[f] = _merge_range(mn[f], mx[f], llo[j], lhi[j])
             if main < n_inner:
                 cn, bad_n, cm, cm2, clo, chi, bad = _careful_span(span[main:], k[f], policy)
                 nonfinite[f] += bad_n
                 if bad == 1:
                     return f
                 n[f], mean[f], m2[f] = _chan(n[f], mean[f], m2[f], cn, cm, cm2)
-                if np.isnan(clo) or np.isnan(mn[f]):
-                    mn[f] = np.nan
-                    mx[f] = np.nan
-                else:
-                    mn[f] = min(mn[f], clo)
-                    mx[f] = max(mx[f], chi)
+                mn[f], mx[f] = _merge_range(mn[f], mx[f], clo, chi)
     return -1
 
 
@@ -498,10 +491,5 @@ def fold_float_lanes(n, nonfinite, mean, m2, mn, mx, n_feat):
         f = j % n_feat
         on[f], om[f], om2[f] = _chan(on[f], om[f], om2[f], n[j], mean[j], m2[j])
         onf[f] += nonfinite[j]
-        if np.isnan(mn[j]) or np.isnan(olo[f]):
-            olo[f] = np.nan
-            ohi[f] = np.nan
-        else:
-            olo[f] = min(olo[f], mn[j])
-            ohi[f] = max(ohi[f], mx[j])
+        olo[f], ohi[f] = _merge_range(olo[f], ohi[f], mn[j], mx[j])
     return on, onf, om, om2, olo, ohi

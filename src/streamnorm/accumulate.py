@@ -251,13 +251,14 @@ class StatsAccumulator:
         """
         index = self._n_batches
         arr = _as_array(batch, index)
+        source_dtype = arr.dtype
         kind, arr = _classify(arr, index)
         try:
             view = as_reduction_view(arr, self._layout)
         except LayoutError as exc:
             raise LayoutError(f"batch {index} of shape {tuple(arr.shape)}: {exc}") from None
         n_feat = view.shape[1]
-        self._check_compatible(kind, arr.dtype, n_feat, index)
+        self._check_compatible(kind, source_dtype, n_feat, index)
         if self._kind is None:
             self._start(kind, n_feat)
         if view.size:
@@ -265,7 +266,8 @@ class StatsAccumulator:
                 self._update_int(view, arr.dtype)
             else:
                 self._update_float(view, index)
-        self._dtype = arr.dtype if self._dtype is None else np.promote_types(self._dtype, arr.dtype)
+        self._dtype = (source_dtype if self._dtype is None
+                       else np.promote_types(self._dtype, source_dtype))
         self._n_batches += 1
         return self
 
@@ -468,7 +470,7 @@ class StatsAccumulator:
             bad = K.float_cols(x2[:main].reshape(main // k, k * n_feat), np.tile(shift, k),
                                *lanes, policy)
             if bad >= 0:
-                return (*lanes[:n_feat], bad % n_feat)
+                return (*[lane[:n_feat] for lane in lanes], bad % n_feat)
             out = list(K.fold_float_lanes(*lanes, n_feat))
         else:
             out = fresh(n_feat)

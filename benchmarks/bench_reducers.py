@@ -1,0 +1,173 @@
+"""Reducer throughput: streamnorm vs what a user would otherwise write.
+
+For each case the same in-memory array is reduced to per-feature count, mean,
+variance, min and max by
+
+- streamnorm (``StatsAccumulator.update``), 1 and 2 threads;
+- numpy: ``mean`` + ``var`` + ``min`` + ``max`` over the reduced axes;
+- torch: ``var_mean`` + ``aminmax`` (on a float32 copy where torch needs one:
+  that conversion is what user code has to do, so it is timed);
+- pyarrow.compute: ``mean``, ``variance``, ``min_max`` per feature column
+  (columns built before timing, so this is pyarrow's best case);
+- the read ceiling: numpy ``sum`` over the buffer viewed as uint64, one thread.
+
+Rates are GB/s of input read (best of ``--repeat``), measured side by side in
+one run; the ratios are what to quote. Results go to
+``benchmarks/results/reducers.{md,json}``.
+
+Usage: ``python benchmarks/bench_reducers.py [--quick] [--mb 256] [--repeat 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import streamnorm as sn
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def best_rate(fn, nbytes: int, repeat: int) -> float:
+    fn()  # warm-up: JIT compile, page faults
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def make_cases(mb: int, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, str]]:
+    n_img = max(2, mb * 2**20 // (3 * 224 * 224))
+    nchw = rng.integers(0, 256, (n_img, 3, 224, 224), dtype=np.uint8)
+    nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    rows_f32 = max(64, mb * 2**20 // (64 * 4))
+    f32 = (rng.standard_normal((rows_f32, 64), dtype=np.float32) * 3 + 10).astype(np.float32)
+    rows_i16 = max(64, mb * 2**20 // (64 * 2))
+    i16 = rng.integers(-2**15, 2**15, (rows_i16, 64)).astype(np.int16)
+    return {
+        "uint8 NCHW 224x224": (nchw, "NCHW"),
+        "uint8 NHWC 224x224": (nhwc, "NHWC"),
+        "float32 NF x64": (f32, "NF"),
+        "int16 NF x64": (i16, "NF"),
+    }
+
+
+def run(mb: int, repeat: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import torch
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, (x, layout) in make_cases(mb, rng).items():
+        axis = layout.index("C" if "C" in layout else "F")
+        reduce_axes = tuple(i for i in range(x.ndim) if i != axis)
+        nbytes = x.nbytes
+        accs = {t: sn.StatsAccumulator(layout, threads=t) for t in (1, 2)}
+        row = {"case": name, "mb": round(nbytes / 2**20, 1)}
+        row["streamnorm_1t"] = best_rate(lambda: accs[1].update(x), nbytes, repeat)
+        row["streamnorm_2t"] = best_rate(lambda: accs[2].update(x), nbytes, repeat)
+
+        # the same whole array for everyone: a cache-resident slice would flatter them
+        sub = x
+
+        def numpy_way():
+            sub.mean(axis=reduce_axes), sub.var(axis=reduce_axes)
+            sub.min(axis=reduce_axes), sub.max(axis=reduce_axes)
+
+        row["numpy"] = best_rate(numpy_way, sub.nbytes, max(2, repeat // 2))
+        tsub = torch.from_numpy(sub)
+
+        def torch_way():
+            f = tsub if tsub.is_floating_point() else tsub.float()
+            torch.var_mean(f, dim=reduce_axes, correction=0)
+            torch.aminmax(f.movedim(axis, 0).reshape(f.shape[axis], -1), dim=1)
+
+        row["torch"] = best_rate(torch_way, sub.nbytes, max(2, repeat // 2))
+        columns = [pa.array(np.moveaxis(sub, axis, 0)[c].reshape(-1)) for c in range(sub.shape[axis])]
+
+        def arrow_way():
+            for col in columns:
+                pc.mean(col), pc.variance(col), pc.min_max(col)
+
+        row["pyarrow"] = best_rate(arrow_way, sub.nbytes, max(2, repeat // 2))
+        flat = x.reshape(-1)[: (x.size // 8) * 8].view(np.uint64)
+        row["read_ceiling"] = best_rate(lambda: flat.sum(), flat.nbytes, repeat)
+        row["x_numpy_1t"] = row["streamnorm_1t"] / row["numpy"]
+        row["x_numpy_2t"] = row["streamnorm_2t"] / row["numpy"]
+        row["ceiling_per_thread_1t"] = row["streamnorm_1t"] / row["read_ceiling"]
+        row["ceiling_per_thread_2t"] = row["streamnorm_2t"] / 2 / row["read_ceiling"]
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return {
+        "benchmark": "reducers",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "pyarrow": pa.__version__,
+        "streamnorm": sn.__version__,
+        "repeat": repeat,
+        "rows": rows,
+    }
+
+
+HEADER = ("| case | MB | streamnorm 1t | streamnorm 2t | numpy | torch | pyarrow | read ceiling "
+          "| x numpy (1t / 2t) | of ceiling per thread (1t / 2t) |")
+
+
+def format_row(r: dict) -> str:
+    return (f"| {r['case']} | {r['mb']:.0f} | {r['streamnorm_1t']:.2f} | {r['streamnorm_2t']:.2f} "
+            f"| {r['numpy']:.2f} | {r['torch']:.2f} | {r['pyarrow']:.2f} | {r['read_ceiling']:.2f} "
+            f"| {r['x_numpy_1t']:.0f}x / {r['x_numpy_2t']:.0f}x "
+            f"| {r['ceiling_per_thread_1t']:.2f} / {r['ceiling_per_thread_2t']:.2f} |")
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        "# Reducer throughput (GB/s of input, best of repeats, one run)",
+        "",
+        f"{result['date']}; {result['machine']}; Python {result['python']}, numpy {result['numpy']}, "
+        f"torch {result['torch']} ({result['torch_threads']} threads), pyarrow {result['pyarrow']}.",
+        "",
+        HEADER,
+        "|" + "---|" * 10,
+        *[format_row(r) for r in result["rows"]],
+        "",
+        "Targets: >= 25x numpy on uint8 NCHW, >= 10x numpy on every case, "
+        ">= 0.5 of the single-thread read ceiling per thread.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=256, help="MB per case (default 256)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="32 MB per case, 3 repeats")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    mb, repeat = (32, 3) if args.quick else (args.mb, args.repeat)
+    print(HEADER)
+    print("|" + "---|" * 10)
+    result = run(mb, repeat)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "reducers-quick" if args.quick else "reducers"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(to_markdown(result))
+    print(f"\nwritten: {args.out / (stem + '.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -237,6 +237,23 @@ def test_bad_dtypes():
         norm.inverse(torch.zeros(3), dtype=torch.bool)
 
 
+def test_out_buffer():
+    x = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8)
+    norm = sn.Normalizer.from_mean_std([100.0, 110.0, 120.0], [50.0, 51.0, 52.0])
+    for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        buf = torch.empty(x.shape, dtype=dt).contiguous(memory_format=torch.channels_last)
+        assert norm(x, out=buf) is buf
+        torch.testing.assert_close(buf, norm(x, dtype=dt), rtol=0, atol=0)
+    with pytest.raises(StreamnormError, match="needs the input's"):
+        norm(x, out=torch.empty(4, 3, 6, 5))
+    with pytest.raises(DTypeError, match="must be floating"):
+        norm(x, out=torch.empty(x.shape, dtype=torch.int32))
+    with pytest.raises(DTypeError, match="out= takes a torch.Tensor"):
+        norm(x.numpy(), out=torch.empty(x.shape))
+    with pytest.raises(StreamnormError, match="per-sample"):
+        sn.Normalizer.per_sample()(x, out=torch.empty(x.shape))
+
+
 # -- layouts -------------------------------------------------------------------
 def test_channels_last_preserved():
     x = torch.randint(0, 256, (4, 3, 8, 9), dtype=torch.uint8)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +301,12 @@ def test_scalar_range_any_rank():
     for shape in [(), (7,), (2, 3, 4, 5), (1, 2, 3, 4, 5)]:
         x = torch.randint(0, 256, shape, dtype=torch.uint8)
         torch.testing.assert_close(norm(x, dtype=torch.float64), x.double() / 255)
+    nchw = sn.Normalizer.from_range(0, 255, layout="NCHW")  # scalars: every channel
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    torch.testing.assert_close(nchw(x), norm(x), rtol=0, atol=0)
+    cfg = json.loads(json.dumps(nchw.get_config()))
+    assert isinstance(cfg["scale"], float)
+    torch.testing.assert_close(sn.Normalizer.from_config(cfg)(x), norm(x), rtol=0, atol=0)
 
 
 def test_per_feature_range():
@@ -489,27 +492,22 @@ def test_config_errors():
         sn.Normalizer.from_config({k: v for k, v in cfg.items() if k != "shift"})
 
 
-def test_from_store(tmp_path, monkeypatch):
-    x = np.random.default_rng(9).integers(0, 256, (8, 3, 4, 4), dtype=np.uint8)
-    stats = sn.compute_stats([x])
-    if importlib.util.find_spec("streamnorm.store") is not None:
-        sn.save_stats(stats, str(tmp_path), "train")
-        sn.save_stats(stats + stats, str(tmp_path), "val")
-        root = str(tmp_path)
-    else:  # the store is built on another branch; check the wiring alone
-        calls = []
-        fake = types.ModuleType("streamnorm.store")
-
-        def load_stats(root, split, storage_options=None):
-            calls.append((root, split, storage_options))
-            return stats
-
-        fake.load_stats = load_stats
-        monkeypatch.setitem(sys.modules, "streamnorm.store", fake)
-        root = "memory://stats"
-    norm = sn.Normalizer.from_store(root, mode="minmax")
-    expected = sn.Normalizer.from_stats(stats, "minmax")
-    assert norm.get_config() == expected.get_config()
+def test_from_store(tmp_path):
+    rng = np.random.default_rng(9)
+    train = rng.integers(0, 256, (8, 3, 4, 4), dtype=np.uint8)
+    val = rng.integers(0, 100, (8, 3, 4, 4), dtype=np.uint8)
+    for root in (str(tmp_path), "memory://normalize-from-store"):
+        sn.save_stats(sn.compute_stats([train]), root, "train", overwrite=True)
+        sn.save_stats(sn.compute_stats([val]), root, "val", overwrite=True)
+        norm = sn.Normalizer.from_store(root, mode="minmax", storage_options={})
+        expected = sn.Normalizer.from_stats(sn.compute_stats([train]), "minmax")
+        assert norm.get_config() == expected.get_config()  # the train split by default
+        other = sn.Normalizer.from_store(root, "val", layout="NHWC")
+        assert other.layout == "NHWC" and other.mode == "zscore"
+        np.testing.assert_allclose(other.shift64.numpy(), -val.mean(axis=(0, 2, 3))
+                                   / val.std(axis=(0, 2, 3)), rtol=1e-14)
+    with pytest.raises(StreamnormError):
+        sn.Normalizer.from_store(str(tmp_path), "test")
 
 
 # -- CUDA --------------------------------------------------------------------------------

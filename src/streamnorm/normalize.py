@@ -158,7 +158,8 @@ class Normalizer:
     layout : str
         Layout of the batches to normalize; its ``C``/``F`` axis holds the
         features. Defaults to ``"N"`` (no feature axis) for scalars and
-        ``"NCHW"`` for per-feature values.
+        ``"NCHW"`` for per-feature values. Scalars apply to every element of
+        any batch, whatever the layout.
     mode : str
         A label recorded in :meth:`get_config` (``"affine"`` by default).
     feature_names : sequence of str, optional
@@ -233,6 +234,8 @@ class Normalizer:
         scale64.setflags(write=False)
         shift64.setflags(write=False)
         self._setup(lay, mode, names, source_dtype, scale64, shift64, None)
+        # scalars apply to every element, whatever the batch's rank or layout
+        self._scalar = bool(is_scalar)
 
     def _setup(
         self,
@@ -251,6 +254,7 @@ class Normalizer:
         self._scale_np = scale64
         self._shift_np = shift64
         self._per_sample = per_sample
+        self._scalar = False
         # (device, dtype, inverse) -> flat (scale, shift); shared by every
         # .to() copy so that moving back and forth never transfers twice.
         self._cache: dict[tuple[torch.device, torch.dtype, bool], tuple[torch.Tensor, ...]] = {}
@@ -606,7 +610,7 @@ class Normalizer:
     def _feature_dim(self, x: torch.Tensor) -> int | None:
         """Axis of ``x`` holding the features; checks rank and feature count."""
         lay = self._layout
-        if lay.feature_axis is None and self._per_sample is None:
+        if self._scalar or (lay.feature_axis is None and self._per_sample is None):
             return None  # one scale/shift for every element, any rank
         if x.ndim == lay.ndim:
             offset = 0
@@ -843,6 +847,8 @@ class Normalizer:
             scale=[float(v) for v in self._scale_np],
             shift=[float(v) for v in self._shift_np],
         )
+        if self._scalar:  # a number, not a list: applies to every element
+            config.update(scale=config["scale"][0], shift=config["shift"][0])
         return config
 
     @classmethod

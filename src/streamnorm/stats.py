@@ -48,7 +48,7 @@ def chan_merge(
     n_a = np.asarray(n_a, dtype=np.float64)
     n_b = np.asarray(n_b, dtype=np.float64)
     n = n_a + n_b
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         delta = mean_b - mean_a
         frac_b = np.where(n > 0, n_b / np.where(n > 0, n, 1.0), 0.0)
         mean = np.where(n_a == 0, mean_b, np.where(n_b == 0, mean_a, mean_a + delta * frac_b))

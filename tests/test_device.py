@@ -55,6 +55,13 @@ def test_dataloader_with_workers_every_batch_once_in_order(images, norm):
         assert seen == list(range(N))
 
 
+def test_compute_stats_over_workers_equals_one_pass(images):
+    # the documented pattern: workers load, the main process accumulates
+    loader = DataLoader(TensorDataset(images, torch.arange(N)), batch_size=7, num_workers=2)
+    stats = sn.compute_stats(loader, layout="NCHW", key=0, histogram=True)
+    assert stats.equals(sn.compute_stats([images.numpy()], histogram=True))
+
+
 def test_dict_batches_nested_and_several_normalizers(images, norm):
     loader = DataLoader(DictImages(images), batch_size=8, num_workers=2)
     dl = sn.DeviceLoader(loader, {"image": norm, "label": sn.Normalizer.from_range(0, 100)},

@@ -541,3 +541,15 @@ def test_merge_errors(tmp_path):
     with pytest.raises(sn.StreamnormError, match="at least two folds"):
         store.cross_validation(["a"])
     assert store.merge(["a"]).equals(store.load("a"))
+
+
+def test_load_many_keeps_order_and_tolerates_repeats(tmp_path):
+    store = sn.StatsStore(tmp_path)
+    a = oracle_stats(np.zeros((2, 1), dtype=np.uint8))
+    b = oracle_stats(np.ones((2, 1), dtype=np.uint8))
+    store.save(a, "a")
+    store.save(b, "b")
+    loaded = store.load_many(["b", "a", "b"])
+    assert list(loaded) == ["b", "a"]
+    assert loaded["a"].equals(a) and loaded["b"].equals(b)
+    assert store.load_many([]) == {}

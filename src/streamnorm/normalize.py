@@ -158,7 +158,8 @@ class Normalizer:
     layout : str
         Layout of the batches to normalize; its ``C``/``F`` axis holds the
         features. Defaults to ``"N"`` (no feature axis) for scalars and
-        ``"NCHW"`` for per-feature values.
+        ``"NCHW"`` for per-feature values. Scalars apply to every element of
+        any batch, whatever the layout.
     mode : str
         A label recorded in :meth:`get_config` (``"affine"`` by default).
     feature_names : sequence of str, optional
@@ -233,6 +234,8 @@ class Normalizer:
         scale64.setflags(write=False)
         shift64.setflags(write=False)
         self._setup(lay, mode, names, source_dtype, scale64, shift64, None)
+        # scalars apply to every element, whatever the batch's rank or layout
+        self._scalar = bool(is_scalar)
 
     def _setup(
         self,
@@ -251,6 +254,7 @@ class Normalizer:
         self._scale_np = scale64
         self._shift_np = shift64
         self._per_sample = per_sample
+        self._scalar = False
         # (device, dtype, inverse) -> flat (scale, shift); shared by every
         # .to() copy so that moving back and forth never transfers twice.
         self._cache: dict[tuple[torch.device, torch.dtype, bool], tuple[torch.Tensor, ...]] = {}
@@ -606,7 +610,7 @@ class Normalizer:
     def _feature_dim(self, x: torch.Tensor) -> int | None:
         """Axis of ``x`` holding the features; checks rank and feature count."""
         lay = self._layout
-        if lay.feature_axis is None and self._per_sample is None:
+        if self._scalar or (lay.feature_axis is None and self._per_sample is None):
             return None  # one scale/shift for every element, any rank
         if x.ndim == lay.ndim:
             offset = 0
@@ -642,7 +646,9 @@ class Normalizer:
         return scale.view(shape), shift.view(shape)
 
     # -- application ----------------------------------------------------
-    def __call__(self, x: Any, dtype: Any = torch.float32) -> Any:
+    def __call__(
+        self, x: Any, dtype: Any = torch.float32, *, out: torch.Tensor | None = None
+    ) -> Any:
         """Normalize ``x`` (torch in -> torch out on its device; numpy in -> numpy out).
 
         Parameters
@@ -654,7 +660,30 @@ class Normalizer:
             or float64. Arithmetic is float32, or float64 when the output or
             input is float64, rounded once to ``dtype``. The output has the
             input's memory layout (channels_last stays channels_last).
+        out : torch.Tensor, optional
+            A preallocated result (same shape and device as ``x``, floating);
+            its dtype is the output dtype. Reusing one buffer spares the page
+            faults of a fresh large CPU allocation per batch.
+
+        Examples
+        --------
+        >>> import torch, streamnorm as sn
+        >>> norm = sn.Normalizer.from_range(0, 255)
+        >>> buf = torch.empty(2, dtype=torch.float16)
+        >>> norm(torch.tensor([0, 255], dtype=torch.uint8), out=buf) is buf
+        True
         """
+        if out is not None:
+            if not (isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor)):
+                raise DTypeError("out= takes a torch.Tensor, for a torch.Tensor input")
+            if out.shape != x.shape or out.device != x.device:
+                raise StreamnormError(
+                    f"out has shape {tuple(out.shape)} on {out.device}; it needs the input's "
+                    f"shape {tuple(x.shape)} on {x.device}"
+                )
+            if self._per_sample is not None:
+                raise StreamnormError("out= is not supported for per-sample normalization")
+            dtype = out.dtype
         out_dtype = _float_out(dtype)
         if isinstance(x, np.ndarray):
             return self._numpy(x, out_dtype, inverse=False)
@@ -662,7 +691,7 @@ class Normalizer:
         if self._per_sample is not None:
             return self._per_sample_apply(x, out_dtype)
         compute = torch.float64 if torch.float64 in (out_dtype, x.dtype) else torch.float32
-        return self._affine(x, out_dtype, compute, inverse=False)
+        return self._affine(x, out_dtype, compute, inverse=False, out=out)
 
     def inverse(self, y: Any, dtype: Any = None) -> Any:
         """Map normalized values back to the source scale.
@@ -728,17 +757,34 @@ class Normalizer:
         return x
 
     def _affine(
-        self, x: torch.Tensor, out_dtype: torch.dtype, compute: torch.dtype, inverse: bool
+        self,
+        x: torch.Tensor,
+        out_dtype: torch.dtype,
+        compute: torch.dtype,
+        inverse: bool,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         scale, shift = self._broadcast(x, compute, inverse)
         if x.dtype not in _FUSED_IN:
             x = x.to(compute)
-        if x.requires_grad and torch.is_grad_enabled():
+        if x.requires_grad and torch.is_grad_enabled() and out is None:
             # out= does not record autograd; a decoder's output keeps its graph.
             return torch.addcmul(shift, x, scale).to(out_dtype)
-        # One fused pass: x read once in its own dtype, promoted to `compute`,
-        # written once in `out_dtype`, in x's memory format.
-        out = torch.empty_like(x, dtype=out_dtype)
+        if x.device.type == "cpu":
+            # torch's CPU addcmul neither vectorizes mixed dtypes nor (C,1,1)
+            # broadcasts well; convert, then two vectorized in-place passes
+            # (3-4x faster). Same float32 arithmetic, one rounding at the end.
+            direct = out is not None and out.dtype == compute
+            tmp = out if direct else torch.empty_like(x, dtype=compute)
+            tmp.copy_(x)
+            tmp.mul_(scale).add_(shift)
+            if direct or (out is None and out_dtype == compute):
+                return tmp
+            return tmp.to(out_dtype) if out is None else out.copy_(tmp)
+        # On accelerators one fused pass: x read once in its own dtype,
+        # promoted to `compute`, written once in `out_dtype`, in x's memory format.
+        if out is None:
+            out = torch.empty_like(x, dtype=out_dtype)
         return torch.addcmul(shift, x, scale, out=out)
 
     def _per_sample_apply(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -801,6 +847,8 @@ class Normalizer:
             scale=[float(v) for v in self._scale_np],
             shift=[float(v) for v in self._shift_np],
         )
+        if self._scalar:  # a number, not a list: applies to every element
+            config.update(scale=config["scale"][0], shift=config["shift"][0])
         return config
 
     @classmethod

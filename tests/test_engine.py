@@ -36,7 +36,7 @@ def table_dir(tmp_path_factory):
 def dask_client():
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
         protocol="tcp://", host="127.0.0.1",
     )
     client = distributed.Client(cluster, set_as_default=False)
@@ -225,3 +225,15 @@ def test_source_object_can_be_passed(table_dir):
     run = engine.compute(src, histogram=True, workers=1)
     assert run.stats.histogram is not None and run.source is src
     assert run.summary()["files"] == 3
+
+
+def test_local_cluster_binds_no_fixed_port():
+    client, cluster = engine._dask_client(None, 1)
+    try:
+        ports = {sock.getsockname()[1] for sock in
+                 cluster.scheduler.services["dashboard"]._sockets.values()}
+        assert 8787 not in ports and all(p > 0 for p in ports)
+        assert not cluster.scheduler.address.endswith(":8786")
+    finally:
+        client.close()
+        cluster.close()

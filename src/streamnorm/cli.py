@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Examples
     --------
-    >>> main(["show", "memory://no-such-store"])  # doctest: +SKIP
+    >>> main(["show", "memory://streamnorm-doc-nothing"])   # the error goes to stderr
     1
     """
     parser = build_parser()

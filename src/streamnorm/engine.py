@@ -13,9 +13,9 @@ and merges the partials:
 ``dask``
     Dask distributed: ``scheduler="tcp://host:port"`` (or a
     ``distributed.Client``) for an existing cluster, otherwise a
-    ``LocalCluster`` with no dashboard. Every task opens its own shard through
-    fsspec/pyarrow with the storage options carried by the shard and returns a
-    partial of a few KB.
+    ``LocalCluster`` (its HTTP server on a random local port, never :8787).
+    Every task opens its own shard through fsspec/pyarrow with the storage
+    options carried by the shard and returns a partial of a few KB.
 
 Whatever the engine and the number of workers, the partials are merged as a
 balanced binary tree over the shards sorted by id. Integer statistics are exact
@@ -531,9 +531,11 @@ def _dask_client(scheduler: Any, workers: int | None, timeout: str = "20s") -> t
                 f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())}); "
                 f"check the address (tcp://host:port) and that the scheduler is running"
             ) from exc
+    # No fixed port: the scheduler's HTTP server (dashboard) binds a random
+    # local one (dashboard_address=None would still bind :8787).
     cluster = LocalCluster(
         n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-        dashboard_address=None, silence_logs=logging.ERROR,
+        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
     )
     return Client(cluster, set_as_default=False), cluster
 

@@ -172,6 +172,8 @@ def test_data_errors_are_one_line_exit_1(capsys, data):
     (tmp / "fake.parquet").write_bytes(b"PAR1 garbage")
     (tmp / "data.csv").write_text("a,b\n1,2\n")
     pq.write_table(pa.table({"s": ["x", "y"]}), tmp / "strings.parquet")
+    (tmp / "dangling").mkdir()
+    (tmp / "dangling" / "gone.parquet").symlink_to(tmp / "nowhere.parquet")   # unreadable
     bad_images = tmp / "bad_images"
     write_images(bad_images, 2, np.random.default_rng(0))
     (bad_images / "a" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
@@ -179,6 +181,7 @@ def test_data_errors_are_one_line_exit_1(capsys, data):
         ([str(tmp / "missing.parquet")], "missing.parquet: no such file or directory"),
         ([str(tmp / "fake.parquet")], "fake.parquet: not a readable Parquet file"),
         ([str(tmp / "data.csv")], "data.csv: not a Parquet, PNG/JPEG or .npy file"),
+        ([str(tmp / "dangling")], "gone.parquet: not a readable Parquet file"),
         ([str(tmp / "strings.parquet")], "strings.parquet: no numeric columns"),
         ([str(bad_images), "--workers", "1"], "corrupt.png: cannot decode image"),
         ([str(data["tables"]), "--columns", "nope"], "has no column 'nope'"),

@@ -1,8 +1,8 @@
 """StatsAccumulator: argument checks, bad input, state dicts, merges."""
 
 import json
-import re
 import pickle
+import re
 
 import numpy as np
 import pytest

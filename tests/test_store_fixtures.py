@@ -22,7 +22,7 @@ import streamnorm as sn
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STORE_V1 = FIXTURES / "store-v1"
 sys.path.insert(0, str(FIXTURES))
-import make_fixtures
+import make_fixtures  # noqa: E402  (lives beside the fixtures it writes)
 
 
 def _floats(values):

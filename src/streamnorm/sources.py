@@ -329,7 +329,10 @@ def combine_parts(parts: Sequence[Stats], order: Sequence[str] | None = None) ->
 def select_features(stats: Stats, indices: Sequence[int]) -> Stats:
     """The statistics of some features only (in the order given)."""
     idx = list(indices)
-    take = lambda a: None if a is None else a[idx]
+
+    def take(a):
+        return None if a is None else a[idx]
+
     return Stats(
         layout=stats.layout,
         feature_names=tuple(stats.feature_names[i] for i in idx),

@@ -9,8 +9,8 @@ Chan's merge, identical on every rank).
 The states travel as JSON (arrays and floats as the hexadecimal of their
 little-endian bytes, so every bit survives; big integers as decimal strings)
 in ``uint8`` tensors: sizes are all-gathered first, then the padded payloads.
-Nothing is pickled, so a rank cannot make another run code. Works with ``gloo`` (CPU tensors) and ``nccl`` (tensors on the current
-CUDA device).
+Nothing is pickled, so a rank cannot make another run code. Works with
+``gloo`` (CPU tensors) and ``nccl`` (tensors on the current CUDA device).
 """
 
 from __future__ import annotations

@@ -169,15 +169,10 @@ def tree_merge(parts: Sequence[Stats]) -> Stats:
     >>> tree_merge(parts).mean.tolist()
     [2.0]
     """
-    level = list(parts)
-    if not level:
+    parts = list(parts)
+    if not parts:
         raise StreamnormError("nothing to merge")
-    while len(level) > 1:
-        merged = [level[i].merge(level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            merged.append(level[-1])
-        level = merged
-    return level[0]
+    return Stats.merge_all(parts)
 
 
 def merge_results(

@@ -894,11 +894,8 @@ class _TableReducer:
         for dtype, members in self.groups.items():
             acc = self.accs[dtype]
             pieces = ([acc.result()] if acc.n_batches else []) + self.extra[dtype]
-            stats = pieces[0]
-            for piece in pieces[1:]:
-                stats = stats.merge(piece)
-            stats = replace(stats, layout="NF",
-                            nan_count=stats.nan_count + self.nulls[members])
+            stats = Stats.merge_all(pieces)
+            stats = replace(stats, layout="NF", nan_count=stats.nan_count + self.nulls[members])
             parts.append(stats)
         return tuple(parts)
 

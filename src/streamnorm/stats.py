@@ -318,7 +318,8 @@ class Stats:
 
         Exact integer sums are added first and rounded once, so merging many
         integer statistics costs one rational rounding per feature, not one
-        per pair. Float statistics are folded left to right with Chan's update.
+        per pair. Float statistics are merged with Chan's update as a balanced
+        tree in the order given.
 
         Examples
         --------
@@ -355,9 +356,17 @@ class Stats:
             m2 = np.array([v for _, v in moments], dtype=np.float64)
         else:
             int_sum = int_sumsq = None
-            n, mean, m2 = first.count, first.mean, first.m2
-            for item in items[1:]:
-                n, mean, m2 = chan_merge(n, mean, m2, item.count, item.mean, item.m2)
+            # A balanced tree, ((a+b)+(c+d))+e: its shape depends only on the
+            # number of items, so the same items in the same order give the
+            # same bits wherever they were computed, and rounding grows with
+            # log(n) rather than n.
+            level = [(item.count, item.mean, item.m2) for item in items]
+            while len(level) > 1:
+                paired = [chan_merge(*level[i], *level[i + 1]) for i in range(0, len(level) - 1, 2)]
+                if len(level) % 2:
+                    paired.append(level[-1])
+                level = paired
+            _, mean, m2 = level[0]
         return Stats(
             layout=first.layout, feature_names=first.feature_names, dtype=dtype,
             count=count, nan_count=nan_count, mean=mean, m2=m2, min=lo, max=hi,

@@ -347,7 +347,7 @@ class StatsStore:
         """Statistics of several splits together, merged from their saved states.
 
         Integer statistics merge exactly (the result is bit-identical to one
-        pass over all the data); floats by Chan's update, in the order given.
+        pass over all the data); floats by Chan's update, a balanced tree in the order given.
 
         Raises
         ------

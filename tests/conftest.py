@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-NIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "nist-strd"
+NIST_DIR = Path(__file__).resolve().parent / "data" / "nist-strd"
 
 INT_DTYPES = [np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32]
 

@@ -1,5 +1,6 @@
-"""Every ```python block of the README runs as written."""
+"""Every ```python block of the README runs as written, and cleans up after itself."""
 
+import os
 import re
 import subprocess
 import sys
@@ -16,10 +17,16 @@ def test_readme_has_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=tmp_path,
+def test_readme_example_runs_and_leaves_nothing_behind(index, tmp_path):
+    work, scratch = tmp_path / "cwd", tmp_path / "tmp"
+    work.mkdir()
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=work, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"README block {index} failed:\n{BLOCKS[index]}\n{proc.stderr}"
+    left = sorted(p.name for p in [*work.iterdir(), *scratch.iterdir()])
+    assert left == [], f"README block {index} left files behind: {left}"
 
 
 def test_readme_setup_commands_match_ci():

@@ -195,8 +195,16 @@ class DeviceNormalize(BaseNode):
     arguments. On CUDA the copy and the normalization run on one side stream
     created with the node, one batch ahead, and are handed over stream-safely;
     put ``torchdata.nodes.PinMemory`` upstream (only where CUDA exists) so
-    that copies are asynchronous. On the CPU each batch is normalized by the
-    thread that pulls it from this node.
+    that copies are asynchronous (it pins tensors, not numpy arrays). On the
+    CPU each batch is normalized by the thread that pulls it from this node.
+
+    Streams (CUDA): each batch is handed over to the stream that is current
+    on ``device`` in the thread that calls ``next()`` on this node (the
+    ``Loader``'s caller, or the thread of a ``Prefetcher`` placed after it);
+    use it there, or iterate inside ``with torch.cuda.stream(s):``. Tensors
+    the source yields already on a GPU are read after the work queued on the
+    stream current on their device in that same thread, and are
+    ``record_stream``-ed on the side stream while it reads them.
 
     The state is the source's state as of the last batch handed out, so a
     restore resumes right after it even though one more batch was in flight.

@@ -266,4 +266,4 @@ def test_cuda_numpy_batches_under_pinning_dataloader_are_pinned(monkeypatch):
     assert pinned and all(pinned)
     for x, y in out:
         for row, i in zip(x, y.tolist()):
-            assert torch.equal(row, torch.full((3, 2, 2), i / 255, dtype=torch.float32))
+            torch.testing.assert_close(row, NORM(torch.full((3, 2, 2), i, dtype=torch.uint8)))

@@ -115,8 +115,12 @@ def reference_run(build: Build, n_epochs: int, checkpoint_epochs: int) -> Refere
     return ref
 
 
-def check_restore(build: Build, ref: Reference, cp: Checkpoint) -> None:
-    """Restore ``cp`` into a fresh pipeline; what follows must equal the reference."""
+def check_restore(build: Build, ref: Reference, cp: Checkpoint, again: bool = True) -> None:
+    """Restore ``cp`` into a fresh pipeline; what follows must equal the reference.
+
+    With ``again``, the restored pipeline is checkpointed at once, and that
+    state must restore to the same continuation (a restore is itself resumable).
+    """
     where = f"checkpoint at epoch {cp.epoch}, item {cp.position}{' (ended)' if cp.ended else ''}"
     n_items = len(ref.epochs[cp.epoch])
 
@@ -124,6 +128,9 @@ def check_restore(build: Build, ref: Reference, cp: Checkpoint) -> None:
     root, acc = build()
     loader = Loader(root)
     loader.load_state_dict(cp.state)
+    if again:
+        restored = as_checkpoint(loader.state_dict())
+        check_restore(build, ref, Checkpoint(cp.epoch, cp.position, cp.ended, restored), again=False)
     first = cp.epoch if cp.position < n_items else cp.epoch + 1
     for epoch in range(first, len(ref.epochs)):
         got = list(loader)

@@ -83,7 +83,7 @@ def test_restore_loads_into_the_same_accumulator_object():
     assert acc.result().equals(one_pass(batches))
     assert node.completed_passes == 1
     assert set(state) == {CollectStats.SOURCE_KEY, CollectStats.ACCUMULATOR_KEY,
-                          CollectStats.PASSES_KEY}
+                          CollectStats.PASSES_KEY, CollectStats.ENDED_KEY}
 
 
 def test_key_with_batcher_and_dict_items():
@@ -134,6 +134,11 @@ def test_collect_stats_argument_checks():
     node = CollectStats(src, sn.StatsAccumulator())
     with pytest.raises(StreamnormError, match="not a CollectStats state"):
         node.reset({"source": {}})
+    good = node.state_dict()
+    for bad in ({**good, CollectStats.ENDED_KEY: "yes"}, {**good, CollectStats.PASSES_KEY: -1},
+                [1, 2]):
+        with pytest.raises(StreamnormError, match="not a CollectStats state"):
+            node.reset(bad)
 
 
 # -- DeviceNormalize --------------------------------------------------------------

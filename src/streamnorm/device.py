@@ -7,17 +7,28 @@ the device, where it costs one elementwise pass.
 
 On CUDA, per batch:
 
-1. host memory is pinned (by the DataLoader when ``pin_memory=True``,
-   otherwise by a background thread, one batch ahead);
+1. host memory is pinned by a background thread (one torch thread, as
+   DataLoader's own pin loop), one batch ahead: numpy arrays and tensors the
+   source left unpinned; what ``DataLoader(pin_memory=True)`` pinned passes
+   through untouched;
 2. every tensor is copied with ``non_blocking=True`` on one side stream,
    created once per :class:`DeviceLoader` (not per epoch), and the tensor(s)
-   at ``key`` are normalized on that stream;
+   at ``key`` are normalized on that stream. Tensors already on a GPU (from
+   a GPU decoder) are read safely: the side stream first waits for the work
+   that wrote them (queued on the stream current on their device in the
+   thread that iterated the source: the pin thread, or the caller of
+   ``next()`` with ``pin_memory=False``), and they are ``record_stream``-ed
+   on the side stream, so the allocator keeps their memory until the side
+   stream is done with it;
 3. batch ``k + 1`` is launched before batch ``k`` is handed over, so its
    copy overlaps the training step on batch ``k``;
-4. the hand-off is stream-safe: the consumer's current stream waits on an
-   event recorded after batch ``k``'s work, and every tensor is
+4. the hand-off is stream-safe: the stream that is current (on the target
+   device, in the calling thread) when ``next()`` is called, the consumer,
+   waits on an event recorded after batch ``k``'s work, and every tensor is
    ``record_stream``-ed on it so the caching allocator never recycles memory
-   the training step still reads.
+   the training step still reads. Use the batch on that stream: call
+   ``next()`` (iterate) inside ``with torch.cuda.stream(s):`` to train on a
+   stream ``s`` of your own.
 
 On the CPU the same API normalizes in the main process.
 
@@ -103,6 +114,24 @@ def _pin(batch: Any) -> Any:
                         else t.pin_memory())
 
 
+def _gpu_devices(batch: Any) -> list[torch.device]:
+    """The CUDA devices that hold tensors of ``batch``, each once, in order of appearance."""
+    return list(dict.fromkeys(t.device for t in _each_tensor(batch) if t.device.type == "cuda"))
+
+
+def _producer_events(batch: Any) -> dict[torch.device, Any]:
+    """For each GPU holding a tensor of ``batch``: an event on the current stream there.
+
+    Recorded in the thread that received the batch from its source, so that a
+    consumer in another thread can wait for the work that wrote it.
+    """
+    return {dev: torch.cuda.current_stream(dev).record_event() for dev in _gpu_devices(batch)}
+
+
+def _pin_and_mark(batch: Any) -> tuple[Any, dict[torch.device, Any]]:
+    return _pin(batch), _producer_events(batch)
+
+
 class _BackgroundIterator:
     """Iterates a source in a background thread, ``prepare``-ing each batch, ``depth`` ahead.
 
@@ -138,6 +167,9 @@ class _BackgroundIterator:
 
     def _run(self) -> None:
         try:
+            # thread-local: pinning copies must not take every core from the training
+            # process (what DataLoader's own pin loop does)
+            torch.set_num_threads(1)
             if self._device is not None and self._device.type == "cuda":
                 torch.cuda.set_device(self._device)  # work in our device's context, not cuda:0
             for batch in self._it:
@@ -178,6 +210,11 @@ class DeviceStage:
     that stream and records an event; :meth:`hand_off` makes the caller's
     current stream wait for it and ``record_stream``-s every tensor. On the
     CPU :meth:`apply` does both at once.
+
+    Both sides synchronize with the streams current in the calling thread:
+    :meth:`launch` with the producer of inputs already on a GPU (the current
+    stream of their device), :meth:`hand_off` with the consumer (the current
+    stream of :attr:`device`).
     """
 
     def __init__(
@@ -230,16 +267,36 @@ class DeviceStage:
         """Move and normalize synchronously (the CPU path)."""
         return self._normalize(move_to_device(batch, self.device))
 
-    def launch(self, batch: Any) -> tuple[Any, Any]:
-        """Enqueue copy + normalize of ``batch`` on the side stream (CUDA)."""
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            out = self._normalize(move_to_device(batch, self.device, non_blocking=True))
-            done = torch.cuda.Event()
-            done.record(self.stream)
+    def launch(self, batch: Any, ready: Mapping[torch.device, Any] | None = None) -> tuple[Any, Any]:
+        """Enqueue copy + normalize of ``batch`` on the side stream (CUDA).
+
+        Inputs already on a GPU are read only after the work that wrote them:
+        the side stream waits for the events in ``ready`` (one per GPU, see
+        :func:`_producer_events`) or, when ``ready`` is None, for the stream
+        current on their device in the calling thread. They are also
+        ``record_stream``-ed on the side stream, so that their memory outlives
+        the read even when the producer frees them at once.
+        """
+        resident = [t for t in _each_tensor(batch) if t.device.type == "cuda"]
+        with torch.cuda.device(self.device):
+            if ready is not None:
+                for event in ready.values():
+                    self.stream.wait_event(event)
+            else:
+                for dev in _gpu_devices(batch):
+                    self.stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(self.stream):
+                out = self._normalize(move_to_device(batch, self.device, non_blocking=True))
+                for t in resident:
+                    # the producer may free them as soon as we return (we replace them
+                    # in the batch); the side stream still reads them
+                    t.record_stream(self.stream)
+                done = torch.cuda.Event()
+                done.record(self.stream)
         return out, done
 
     def hand_off(self, launched: tuple[Any, Any]) -> Any:
-        """Make the caller's stream wait for a launched batch; return the batch."""
+        """Make the caller's current stream wait for a launched batch; return the batch."""
         out, done = launched
         consumer = torch.cuda.current_stream(self.device)
         consumer.wait_event(done)
@@ -273,12 +330,22 @@ class DeviceLoader:
         Output dtype of the normalized tensors (float32, float16, bfloat16,
         float64).
     pin_memory : bool, optional
-        CUDA only. ``None`` (default): pin in a background thread unless the
-        loader pins already (``DataLoader(pin_memory=True)``). ``False``:
-        never pin (copies from pageable memory are synchronous).
+        CUDA only. ``None`` or ``True`` (default): a background thread pins
+        what the loader left unpinned, numpy arrays included (a custom
+        ``collate_fn`` under ``DataLoader(pin_memory=True)`` can return
+        them); tensors already pinned pass through. ``False``: never pin
+        (copies from pageable memory are synchronous).
 
     Notes
     -----
+    On CUDA, every batch is handed over to the stream that is current on
+    ``device`` in the thread that calls ``next()`` (iterates): train on the
+    batch on that stream, or iterate inside ``with torch.cuda.stream(s):`` to
+    receive it on a stream ``s`` of your own. Tensors that the source yields
+    already on a GPU are read after the work queued on the stream current on
+    their device in the thread that iterates the source (the pin thread, or
+    the caller of ``next()`` with ``pin_memory=False``) when it yielded them.
+
     ``len(device_loader)`` is ``len(loader)``. Attributes the wrapper lacks
     (``dataset``, ``sampler``, ``batch_size``...) are read from ``loader``.
 
@@ -314,10 +381,7 @@ class DeviceLoader:
             raise StreamnormError(f"pin_memory must be None, True or False, got {pin_memory!r}")
         self.loader = loader
         self._stage = DeviceStage(norm, device, key, dtype)
-        self._pin = False
-        if self._stage.stream is not None:
-            loader_pins = bool(getattr(loader, "pin_memory", False))
-            self._pin = (not loader_pins) if pin_memory is None else bool(pin_memory)
+        self._pin_memory = pin_memory is not False
 
     @property
     def device(self) -> torch.device:
@@ -354,12 +418,14 @@ class DeviceLoader:
     def _iter_cuda(self) -> Iterator[Any]:
         stage = self._stage
         source = iter(self.loader)  # created here, in the caller's thread (worker setup)
-        pinner = _BackgroundIterator(source, _pin, stage.device) if self._pin else None
-        batches = iter(pinner) if pinner is not None else source
+        pinner = (_BackgroundIterator(source, _pin_and_mark, stage.device)
+                  if self._pin_memory else None)
+        # (batch, events marking the work that wrote its GPU tensors; None: the current streams)
+        batches = iter(pinner) if pinner is not None else ((b, None) for b in source)
         try:
             pending = None
-            for batch in batches:
-                launched = stage.launch(batch)  # batch k+1 in flight ...
+            for batch, ready in batches:
+                launched = stage.launch(batch, ready)  # batch k+1 in flight ...
                 if pending is not None:
                     yield stage.hand_off(pending)  # ... while k is used
                 pending = launched

@@ -10,7 +10,8 @@ The states travel as JSON (arrays and floats as the hexadecimal of their
 little-endian bytes, so every bit survives; big integers as decimal strings)
 in ``uint8`` tensors: sizes are all-gathered first, then the padded payloads.
 Nothing is pickled, so a rank cannot make another run code. Works with
-``gloo`` (CPU tensors) and ``nccl`` (tensors on the current CUDA device).
+``gloo`` (CPU tensors) and ``nccl`` (CUDA tensors; see
+:func:`merge_across_ranks` for which device each rank uses).
 """
 
 from __future__ import annotations
@@ -121,15 +122,38 @@ def decode_state(data: bytes, like: StatsAccumulator | None = None) -> Stats | S
     raise StreamnormError(f"malformed encoded statistics state: unknown kind {kind!r}")
 
 
-def _gather_bytes(payload: bytes, group: Any) -> list[bytes]:
+def _collective_device(group: Any) -> Any:
+    """The device this rank's payload tensors must be on for a collective over ``group``.
+
+    A group with a CPU backend (``gloo``, also ``"cpu:gloo,cuda:nccl"``) works
+    on host memory. An NCCL-only group uses the device bound to the group
+    (``init_process_group(..., device_id=...)``, inherited by its subgroups),
+    else the current CUDA device of this process.
+    """
     import torch
     import torch.distributed as dist
 
     backend = str(dist.get_backend(group))
-    if "nccl" in backend and "gloo" not in backend:
-        device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        device = torch.device("cpu")
+    if "nccl" not in backend or "gloo" in backend:
+        return torch.device("cpu")
+    pg = group if group is not None else dist.group.WORLD
+    bound = getattr(pg, "bound_device_id", None)
+    if bound is not None:
+        return torch.device(bound)
+    if not torch.cuda.is_available():
+        raise StreamnormError(
+            "merge_across_ranks: the process group uses NCCL, which needs a CUDA device, but this "
+            "process sees none; use a gloo group (init_process_group('cpu:gloo,cuda:nccl') adds "
+            "one beside NCCL) or make the rank's GPU visible"
+        )
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _gather_bytes(payload: bytes, group: Any) -> list[bytes]:
+    import torch
+    import torch.distributed as dist
+
+    device = _collective_device(group)
     world = dist.get_world_size(group)
     size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
@@ -156,6 +180,18 @@ def merge_across_ranks(
         function (it is a collective) with the same kind of object.
     group : ProcessGroup, optional
         Default: the world.
+
+    Notes
+    -----
+    Which device the collective uses: a group with a CPU backend (``gloo``,
+    or ``"cpu:gloo,cuda:nccl"``) exchanges host tensors. An NCCL-only group
+    uses the device bound to it, ``init_process_group("nccl",
+    device_id=torch.device("cuda", local_rank))`` (the recommended way: every
+    rank then has its own GPU whatever the current device); without a bound
+    device it uses the current CUDA device, so each rank must first call
+    ``torch.cuda.set_device(local_rank)``, or every rank of a node would use
+    ``cuda:0`` and NCCL would fail or hang. A rank that sees no CUDA device
+    under NCCL gets a :class:`StreamnormError`.
 
     Returns
     -------

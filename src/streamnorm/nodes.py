@@ -67,6 +67,11 @@ class CollectStats(BaseNode):
 
     Notes
     -----
+    A pass is complete when the source raises ``StopIteration``; the state
+    records whether the current pass has ended, so the ``StopIteration`` that
+    a restored ``Loader`` meets again when it probes a state taken at the end
+    of an epoch is not counted as a second pass.
+
     Items enter the accumulator when this node hands them downstream. With a
     ``Prefetcher`` *downstream*, items are counted when prefetched, and a
     checkpoint taken through the prefetcher still restores exactly once
@@ -93,6 +98,7 @@ class CollectStats(BaseNode):
     SOURCE_KEY = "source"
     ACCUMULATOR_KEY = "accumulator"
     PASSES_KEY = "completed_passes"
+    ENDED_KEY = "pass_ended"
 
     def __init__(
         self,
@@ -120,7 +126,7 @@ class CollectStats(BaseNode):
         self.key = key
         self.max_passes = max_passes
         self._passes = 0
-        self._exhausted = False
+        self._pass_ended = False
 
     @property
     def completed_passes(self) -> int:
@@ -135,29 +141,37 @@ class CollectStats(BaseNode):
                 "fragment of the statistics; collect in the main process (put CollectStats "
                 "after the DataLoader, or use sn.compute_stats(loader, key=...))"
             )
-        self._exhausted = False
         if initial_state is None:
+            self._pass_ended = False
             self.source.reset(None)
             return
         try:
             source_state = initial_state[self.SOURCE_KEY]
             acc_state = initial_state[self.ACCUMULATOR_KEY]
             passes = int(initial_state[self.PASSES_KEY])
-        except (KeyError, TypeError, ValueError):
+            # states written before the flag existed were all taken mid-pass or unflagged
+            ended = initial_state.get(self.ENDED_KEY, False)
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise StreamnormError(
                 f"not a CollectStats state: expected the keys {self.SOURCE_KEY!r}, "
-                f"{self.ACCUMULATOR_KEY!r} and {self.PASSES_KEY!r}"
+                f"{self.ACCUMULATOR_KEY!r}, {self.PASSES_KEY!r} and {self.ENDED_KEY!r}"
             ) from None
+        if not isinstance(ended, bool) or passes < 0:
+            raise StreamnormError(
+                f"not a CollectStats state: {self.PASSES_KEY!r} must be an int >= 0 and "
+                f"{self.ENDED_KEY!r} a bool, got {passes!r} and {ended!r}"
+            )
         self.source.reset(source_state)
         self.accumulator.load_state_dict(copy.deepcopy(acc_state))
         self._passes = passes
+        self._pass_ended = ended
 
     def next(self) -> Any:
         try:
             item = next(self.source)
         except StopIteration:
-            if not self._exhausted:
-                self._exhausted = True
+            if not self._pass_ended:  # count each pass once, however often its end is probed
+                self._pass_ended = True
                 self._passes += 1
             raise
         if self.max_passes is None or self._passes < self.max_passes:
@@ -170,6 +184,7 @@ class CollectStats(BaseNode):
             # a snapshot: the live accumulator keeps changing after this
             self.ACCUMULATOR_KEY: copy.deepcopy(self.accumulator.state_dict()),
             self.PASSES_KEY: self._passes,
+            self.ENDED_KEY: self._pass_ended,
         }
 
 
@@ -180,8 +195,16 @@ class DeviceNormalize(BaseNode):
     arguments. On CUDA the copy and the normalization run on one side stream
     created with the node, one batch ahead, and are handed over stream-safely;
     put ``torchdata.nodes.PinMemory`` upstream (only where CUDA exists) so
-    that copies are asynchronous. On the CPU each batch is normalized by the
-    thread that pulls it from this node.
+    that copies are asynchronous (it pins tensors, not numpy arrays). On the
+    CPU each batch is normalized by the thread that pulls it from this node.
+
+    Streams (CUDA): each batch is handed over to the stream that is current
+    on ``device`` in the thread that calls ``next()`` on this node (the
+    ``Loader``'s caller, or the thread of a ``Prefetcher`` placed after it);
+    use it there, or iterate inside ``with torch.cuda.stream(s):``. Tensors
+    the source yields already on a GPU are read after the work queued on the
+    stream current on their device in that same thread, and are
+    ``record_stream``-ed on the side stream while it reads them.
 
     The state is the source's state as of the last batch handed out, so a
     restore resumes right after it even though one more batch was in flight.

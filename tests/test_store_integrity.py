@@ -151,6 +151,35 @@ def test_edited_metadata_fails_the_checksum(key, value):
     assert "checksum mismatch" in load_error(to_bytes(table.replace_schema_metadata(meta)))
 
 
+def test_checksum_follows_its_documented_definition():
+    # an independent reader, written from the statsfile module docstring
+    import hashlib
+    import json
+    import struct
+
+    stats = hist_stats()
+    table = stats_to_table(stats, split="train", source={"paths": ["x"]})
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    keys = ["streamnorm.format_version", "streamnorm.version", "layout", "dtype", "split",
+            "created_at", "source"]
+    h = hashlib.sha256(b"streamnorm-stats\n")
+    h.update(json.dumps({k: meta[k] for k in keys if k in meta}, sort_keys=True,
+                        separators=(",", ":"), ensure_ascii=True).encode() + b"\n")
+    names = [n.encode() for n in table.column("feature").to_pylist()]
+    h.update(struct.pack("<q", len(names)))
+    for name in names:
+        h.update(struct.pack("<q", len(name)) + name)
+    for column, fmt in [("count", "<i8"), ("nan_count", "<i8"), ("mean", "<f8"), ("m2", "<f8"),
+                        ("min", "<f8"), ("max", "<f8"), ("shift", "<f8"),
+                        ("shifted_mean", "<f8")]:
+        h.update(np.array(table.column(column).to_pylist(), dtype=fmt).tobytes())
+    h.update(b"\x01" + np.array(table.column("histogram").to_pylist(), dtype="<i8").tobytes())
+    for column in ("int_sum", "int_sumsq"):
+        h.update(b"\x01" + b"".join(int(v).to_bytes(16, "little", signed=True)
+                                    for v in table.column(column).to_pylist()))
+    assert meta[META_CHECKSUM] == "sha256:" + h.hexdigest()
+
+
 def test_missing_checksum_in_format_2_is_refused():
     table = stats_to_table(float_stats())
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}

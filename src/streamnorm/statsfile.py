@@ -35,11 +35,11 @@ Parquet CRC-32 page checksum, verified on read.
 Checksum (format 2): ``streamnorm.checksum`` is ``"sha256:"`` followed by the
 hex SHA-256 of this byte string, all integers little-endian:
 
-1. ``b"streamnorm-stats\n"``;
+1. ``b"streamnorm-stats\\n"``;
 2. the JSON text (``sort_keys``, separators ``","`` and ``":"``, ASCII only) of
    the object holding those of the keys ``streamnorm.format_version``,
    ``streamnorm.version``, ``layout``, ``dtype``, ``split``, ``created_at`` and
-   ``source`` that the file has, with their text values, then ``b"\n"``;
+   ``source`` that the file has, with their text values, then ``b"\\n"``;
 3. F as int64, then for each feature in ``feature_index`` order its name's
    UTF-8 byte length as int64 and the bytes;
 4. the columns ``count``, ``nan_count`` as int64[F]; ``mean``, ``m2``,

@@ -198,3 +198,22 @@ def test_select_concat_and_rank_encoding_keep_the_shift():
     joined = concat_features([select_features(s, [0]), select_features(s, [1, 2])])
     assert joined.equals(s)
     assert decode_state(encode_state(s)).equals(s)
+
+
+def test_bfloat16_statistics_keep_their_dtype_through_merges_and_the_store():
+    # bfloat16 has no numpy dtype; Stats records it by name (item 11 records it)
+    def bf16(mean):
+        return sn.Stats(layout="NF", feature_names=["a"], dtype="bfloat16", count=[2],
+                        nan_count=[0], mean=[mean], m2=[0.5], min=[mean - 0.5],
+                        max=[mean + 0.5])
+
+    merged = bf16(1.0) + bf16(2.0)
+    assert merged.dtype == "bfloat16"
+    f32 = sn.compute_stats([np.array([[1.0]], np.float32)], layout="NF", feature_names=["a"])
+    assert (merged + f32).dtype == "float32"
+    store = sn.StatsStore(f"memory://bf16/{uuid.uuid4().hex}")
+    store.save(merged, "train")
+    assert store.load("train").equals(merged)
+    with pytest.raises(sn.StreamnormError, match="unknown dtype 'float17'"):
+        sn.Stats(**{**{f: getattr(merged, f) for f in merged.__dataclass_fields__},
+                    "dtype": "float17"})

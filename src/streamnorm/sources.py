@@ -71,7 +71,7 @@ import numpy as np
 
 from .errors import DTypeError, LayoutError, NonFiniteError, StreamnormError
 from .layout import parse_layout
-from .stats import Stats
+from .stats import Stats, common_dtype
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -354,7 +354,7 @@ def concat_features(parts: Sequence[Stats], layout: str = "NF") -> Stats:
         raise StreamnormError("concat_features needs at least one Stats")
     if len(parts) == 1 and parts[0].layout == layout:
         return parts[0]
-    dtype = np.result_type(*[np.dtype(p.dtype) for p in parts]).name
+    dtype = common_dtype(p.dtype for p in parts)
     if all(p.histogram is not None for p in parts):
         offsets = {p.histogram_offset for p in parts}
         if len(offsets) > 1:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from .errors import IncompatibleStatsError, StreamnormError
 
-__all__ = ["Stats", "chan_merge", "exact_moments", "HISTOGRAM_BINS"]
+__all__ = ["Stats", "chan_merge", "common_dtype", "dtype_name", "exact_moments", "HISTOGRAM_BINS"]
 
 HISTOGRAM_BINS = 256
 INTEGER_KINDS = frozenset("biu")
@@ -78,9 +77,49 @@ def exact_moments(count: int, total: int, total_sq: int) -> tuple[float, float]:
     """
     if count == 0:
         return float("nan"), 0.0
-    mean = Fraction(total, count)
-    m2 = Fraction(count * total_sq - total * total, count)
-    return float(mean), float(m2)
+    # int / int is correctly rounded in Python whatever the size of the ints,
+    # i.e. exactly float(Fraction(a, b)), without building the fractions.
+    return total / count, (count * total_sq - total * total) / count
+
+
+def dtype_name(dtype: Any) -> str:
+    """The name statistics record for a source dtype: numpy's, or ``"bfloat16"``.
+
+    bfloat16 (torch's, or ml_dtypes') has no numpy dtype of its own; it is kept
+    by name so that statistics say what the data was.
+
+    Examples
+    --------
+    >>> dtype_name(np.uint8), dtype_name("float32"), dtype_name("bfloat16")
+    ('uint8', 'float32', 'bfloat16')
+    """
+    name = str(dtype).removeprefix("torch.")
+    if name == "bfloat16":
+        return name
+    try:
+        return np.dtype(dtype).name
+    except (TypeError, ValueError):
+        raise StreamnormError(
+            f"unknown dtype {dtype!r}: statistics record numpy dtype names such as 'uint8' or "
+            f"'float32' (or 'bfloat16')"
+        ) from None
+
+
+def common_dtype(names: Iterable[str]) -> str:
+    """The dtype recorded for statistics of data of several dtypes (numpy's promotion).
+
+    bfloat16 promotes like float16 does: with itself it stays, with anything
+    else it becomes float32 or wider.
+
+    Examples
+    --------
+    >>> common_dtype(["uint8", "int8"]), common_dtype(["bfloat16", "float16"])
+    ('int16', 'float32')
+    """
+    names = list(names)
+    if names and all(n == "bfloat16" for n in names):
+        return "bfloat16"
+    return np.result_type(*[np.dtype("float32" if n == "bfloat16" else n) for n in names]).name
 
 
 def _readonly(values: Any, dtype: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -230,7 +269,7 @@ class Stats:
         set_ = object.__setattr__
         set_(self, "feature_names", names)
         set_(self, "layout", str(self.layout))
-        set_(self, "dtype", np.dtype(self.dtype).name)
+        set_(self, "dtype", dtype_name(self.dtype))
         for field in ("count", "nan_count"):
             set_(self, field, _readonly(getattr(self, field), np.int64, (nf,), field))
         for field in ("mean", "m2", "min", "max"):
@@ -408,6 +447,14 @@ class Stats:
         >>> parts = [sn.compute_stats(x[i:i + 2], layout="NF") for i in range(0, 10, 2)]
         >>> sn.Stats.merge_all(parts).equals(sn.compute_stats(x, layout="NF"))
         True
+
+        Offset floats merge as accurately as one pass (three values near 1000
+        with a spread of 1e-6; Chan on the plain means would be off by 6e-8):
+
+        >>> y = np.array([[1000.0], [1000.000001], [1000.000002]])
+        >>> halves = [sn.compute_stats([y[:1]], layout="NF"), sn.compute_stats([y[1:]], layout="NF")]
+        >>> sn.Stats.merge_all(halves).m2 == sn.compute_stats([y], layout="NF").m2
+        array([ True])
         """
         items = list(items)
         if not items:
@@ -419,7 +466,7 @@ class Stats:
             return first
         count = sum(item.count for item in items)
         nan_count = sum(item.nan_count for item in items)
-        dtype = np.result_type(*[np.dtype(item.dtype) for item in items]).name
+        dtype = common_dtype(item.dtype for item in items)
         histogram = None if first.histogram is None else sum(item.histogram for item in items)
         lo, hi = first.min, first.max
         seen = first.count > 0

@@ -138,8 +138,9 @@ _COLUMNS = {1: [f for f in SCHEMA if f.name not in _SHIFT_COLUMNS], 2: list(SCHE
 
 _KNOWN_DTYPES = frozenset(
     ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-     "float16", "float32", "float64"]
+     "bfloat16", "float16", "float32", "float64"]
 )
+_BFLOAT16_MAX = float.fromhex("0x1.fep+127")
 _INT_COLUMNS = ("count", "nan_count")
 _FLOAT_COLUMNS = ("mean", "m2", "min", "max")
 _HISTOGRAM_DTYPES = frozenset(["bool", "uint8", "int8"])
@@ -228,7 +229,7 @@ def _range_problem(a: Mapping[str, np.ndarray], dtype: str, names: Sequence[str]
     if too_big.any():
         return (f"m2 larger than count * (max - min)**2 / 4 allows for feature "
                 f"{_first(too_big, names)}")
-    kind = np.dtype(dtype).kind
+    kind = "f" if dtype == "bfloat16" else np.dtype(dtype).kind
     if kind in "biu":
         info = np.iinfo(np.int8 if kind == "b" else dtype)
         low, high = (0, 1) if kind == "b" else (info.min, info.max)
@@ -236,7 +237,7 @@ def _range_problem(a: Mapping[str, np.ndarray], dtype: str, names: Sequence[str]
             ok = (np.floor(lo) == lo) & (np.floor(hi) == hi) & (lo >= low) & (hi <= high)
         what = f"whole numbers in [{low}, {high}]"
     elif kind == "f":
-        biggest = float(np.finfo(dtype).max)
+        biggest = _BFLOAT16_MAX if dtype == "bfloat16" else float(np.finfo(dtype).max)
         ok = ~np.isfinite(lo) | (np.abs(lo) <= biggest)
         ok &= ~np.isfinite(hi) | (np.abs(hi) <= biggest)
         what = f"inside +-{biggest:g}"
@@ -318,7 +319,7 @@ def _exact_problem(
     sums, sumsqs = exact["int_sum"], exact["int_sumsq"]
     if sums is None:
         return None
-    if np.dtype(dtype).kind not in "biu":
+    if dtype == "bfloat16" or np.dtype(dtype).kind not in "biu":
         return f"exact integer sums for {dtype} data"
     if min(sumsqs, default=0) < 0:
         return f"negative int_sumsq for feature {names[int(np.argmin(sumsqs))]!r}"

@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from streamnorm.stats import Stats
+from streamnorm.stats import Stats, exact_moments
 
 
 def oracle_stats(x: np.ndarray, histogram: bool = False, names=None) -> Stats:
@@ -45,6 +45,50 @@ def oracle_stats(x: np.ndarray, histogram: bool = False, names=None) -> Stats:
         histogram=hist,
         int_sum=int_sum,
         int_sumsq=int_sumsq,
+    )
+
+
+def seal(table):
+    """``table`` with its content checksum recomputed, so that a test's deliberate edit
+    reaches the consistency checks behind the checksum (format 2 and later only)."""
+    from streamnorm.statsfile import META_CHECKSUM, META_FORMAT_VERSION, content_checksum
+
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    version = meta.get(META_FORMAT_VERSION, "1")
+    if version.isdigit() and int(version) >= 2:
+        meta[META_CHECKSUM] = content_checksum(table)
+    return table.replace_schema_metadata(meta)
+
+
+def multiset_stats(dtype: str, features, histogram: bool = False, nan_count=None,
+                   names=None, layout: str = "NF") -> Stats:
+    """Exact statistics of integer features given as ``[(value, multiplicity), ...]`` each.
+
+    Reaches counts and exact sums far beyond what arrays could hold (up to 38
+    digits) while staying consistent: what the accumulator would have given.
+    """
+    nf = len(features)
+    count, sums, sumsqs, lo, hi = [], [], [], [], []
+    for pairs in features:
+        pairs = [(int(v), int(k)) for v, k in pairs if k > 0]
+        count.append(sum(k for _, k in pairs))
+        sums.append(sum(v * k for v, k in pairs))
+        sumsqs.append(sum(v * v * k for v, k in pairs))
+        lo.append(float(min(v for v, _ in pairs)) if pairs else float("nan"))
+        hi.append(float(max(v for v, _ in pairs)) if pairs else float("nan"))
+    moments = [exact_moments(n, s, q) for n, s, q in zip(count, sums, sumsqs)]
+    hist = None
+    if histogram:
+        offset = -128 if dtype == "int8" else 0
+        hist = np.zeros((nf, 256), dtype=np.int64)
+        for f, pairs in enumerate(features):
+            for v, k in pairs:
+                hist[f, int(v) - offset] += k
+    return Stats(
+        layout=layout, feature_names=names or [str(i) for i in range(nf)], dtype=dtype,
+        count=count, nan_count=np.zeros(nf, np.int64) if nan_count is None else nan_count,
+        mean=[m for m, _ in moments], m2=[v for _, v in moments], min=lo, max=hi,
+        histogram=hist, int_sum=tuple(sums), int_sumsq=tuple(sumsqs),
     )
 
 

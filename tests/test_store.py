@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import streamnorm as sn
-from _store_helpers import oracle_stats
+from _store_helpers import multiset_stats, oracle_stats
 from streamnorm.errors import IncompatibleStatsError, SplitNameError, StatsFileError
 from streamnorm.fsutil import describe_sources, resolve_url
 from streamnorm.stats import Stats
@@ -76,45 +76,83 @@ def test_round_trip_computed_stats(tmp_path_factory, dtype, nf, rows, histogram,
     assert (loaded.histogram is not None) == histogram
 
 
-finite = st.floats(allow_nan=False, allow_infinity=True, width=64)
-any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
+def nan_with_payload(payload: int, negative: bool) -> float:
+    bits = (0xFFF if negative else 0x7FF) << 52 | 1 << 51 | payload
+    return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
+
+
+nans = st.builds(nan_with_payload, st.integers(0, 2**51 - 1), st.booleans())
+
+
+@st.composite
+def int_feature(draw, dtype: str, histogram: bool):
+    """(value, multiplicity) pairs of one integer feature; counts up to 2**62."""
+    if dtype == "bool":
+        low, high = 0, 1
+    else:
+        info = np.iinfo(dtype)
+        low, high = int(info.min), int(info.max)
+    big = 2**20 if histogram else 2**60
+    pairs = draw(st.lists(st.tuples(st.integers(low, high), st.integers(0, big)), max_size=3))
+    # keep sum(x**2) within the file's 38 digits
+    return [(v, min(k, (10**38 - 1) // (3 * max(v * v, 1)))) for v, k in pairs]
+
+
+@st.composite
+def float_feature(draw, dtype: str):
+    """count, nan_count, mean, m2, min, max, shift pair of one float feature that the
+    accumulator could have produced: finite, empty, or propagated NaN/inf."""
+    width = np.finfo(dtype).bits
+    kind = draw(st.sampled_from(["finite", "finite", "empty", "propagate"]))
+    nan_count = draw(st.integers(0, 2**62))
+    if kind == "empty":
+        return dict(count=0, nan_count=nan_count, mean=draw(nans), m2=draw(st.just(0.0) | st.just(-0.0)),
+                    min=draw(nans), max=draw(nans))
+    count = draw(st.integers(1, 2**62))
+    if kind == "propagate":
+        lo, hi = sorted(draw(st.lists(st.floats(width=width), min_size=2, max_size=2)))
+        lo, hi = (lo, hi) if not (np.isnan(lo) or np.isnan(hi)) else (draw(nans), draw(nans))
+        mean = draw(nans | st.sampled_from([np.inf, -np.inf]))
+        return dict(count=count, nan_count=max(nan_count, 1), mean=mean, m2=draw(nans),
+                    min=lo, max=hi)
+    finite = st.floats(allow_nan=False, allow_infinity=False, width=width)
+    lo, hi = sorted(draw(st.lists(finite, min_size=2, max_size=2)))
+    inside = st.floats(lo, hi) if lo < hi else st.sampled_from([lo, hi])
+    mean = draw(inside | st.sampled_from([lo, hi]))
+    with np.errstate(over="ignore"):
+        bound = float(count * np.square(np.float64(hi) - np.float64(lo)) / 4)
+    m2 = draw(st.floats(0.0, min(bound, 1e300)) | st.just(0.0)) if bound > 0 else 0.0
+    out = dict(count=count, nan_count=nan_count, mean=mean, m2=m2, min=lo, max=hi)
+    shift = draw(st.none() | inside)
+    if shift is not None and np.isfinite(mean - shift) and shift + (mean - shift) == mean:
+        out.update(shift=shift, shifted_mean=mean - shift)
+    return out
 
 
 @st.composite
 def arbitrary_stats(draw):
-    """Any Stats the store must keep bit for bit: NaN payloads, -0.0, infinities,
-    empty features, exact sums up to 38 digits, unicode feature names."""
+    """Any consistent Stats the store must keep bit for bit: NaN payloads, -0.0,
+    infinities, empty features, exact sums up to 38 digits, shifts, unicode names."""
     nf = draw(st.integers(1, 12))
     integer = draw(st.booleans())
-    dtype = draw(st.sampled_from(INT_DTYPES if integer else FLOAT_DTYPES))
-    with_hist = draw(st.booleans())
+    dtype = draw(st.sampled_from(INT_DTYPES + ["int64", "uint64"] if integer else FLOAT_DTYPES))
     names = draw(st.one_of(
         st.just([str(i) for i in range(nf)]),
         st.lists(st.text(min_size=0, max_size=8), min_size=nf, max_size=nf, unique=True),
     ))
-    hist = None
-    if with_hist:
-        hist = draw(hnp.arrays(np.int64, (nf, 256), elements=st.integers(0, 2**20)))
-        count = hist.sum(axis=1)
-    else:
-        count = draw(hnp.arrays(np.int64, nf, elements=st.integers(0, 2**62)))
-    nan_count = draw(hnp.arrays(np.int64, nf, elements=st.integers(0, 2**62)))
-    mean = draw(hnp.arrays(np.float64, nf, elements=any_float))
-    m2 = draw(hnp.arrays(np.float64, nf, elements=st.one_of(
-        st.floats(min_value=0.0, allow_infinity=True), st.just(float("nan")))))
-    a = draw(hnp.arrays(np.float64, nf, elements=any_float))
-    b = draw(hnp.arrays(np.float64, nf, elements=any_float))
-    lo = np.where(a <= b, a, b)
-    hi = np.where(a <= b, b, a)
-    sums = sumsq = None
+    layout = draw(st.sampled_from(["NF", "NCHW", "NHWC", "N", "NCL"]))
     if integer:
-        big = 10**38 - 1
-        sums = draw(st.lists(st.integers(-big, big), min_size=nf, max_size=nf))
-        sumsq = draw(st.lists(st.integers(0, big), min_size=nf, max_size=nf))
-    return Stats(layout=draw(st.sampled_from(["NF", "NCHW", "NHWC", "N", "NCL"])),
-                 feature_names=names, dtype=dtype, count=count, nan_count=nan_count,
-                 mean=mean, m2=m2, min=lo, max=hi, histogram=hist, int_sum=sums,
-                 int_sumsq=sumsq)
+        hist = dtype in ("bool", "uint8", "int8") and draw(st.booleans())
+        features = [draw(int_feature(dtype, hist)) for _ in range(nf)]
+        nan_count = draw(hnp.arrays(np.int64, nf, elements=st.integers(0, 2**62)))
+        return multiset_stats(dtype, features, histogram=hist, nan_count=nan_count, names=names,
+                              layout=layout)
+    features = [draw(float_feature(dtype)) for _ in range(nf)]
+    fields = {k: [f[k] for f in features] for k in ("count", "nan_count", "mean", "m2", "min", "max")}
+    if all("shift" in f for f in features):
+        fields.update(shift=[f["shift"] for f in features],
+                      shifted_mean=[f["shifted_mean"] for f in features])
+    return Stats(layout=layout, feature_names=names, dtype=dtype, **fields)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -159,21 +197,21 @@ def test_save_accepts_pathlike_and_returns_local_path(tmp_path):
 
 
 def test_exact_sums_beyond_int64_round_trip(tmp_path):
-    big = 10**38 - 1
-    stats = Stats(layout="NF", feature_names=["a", "b", "c"], dtype="int32",
-                  count=[1, 2, 3], nan_count=[0, 0, 0], mean=[0.0, 0.0, 0.0],
-                  m2=[0.0, 0.0, 0.0], min=[0.0, 0.0, 0.0], max=[0.0, 0.0, 0.0],
-                  int_sum=(big, -big, -(2**64) - 5), int_sumsq=(big, 2**100, 0))
+    top, bottom = 2**31 - 1, -(2**31)
+    stats = multiset_stats("int32", [[(top, 2**62)], [(bottom, 2**62), (5, 3)], [(-7, 1)]],
+                           names=["a", "b", "c"])
+    assert stats.int_sum[0] > 2**63 and stats.int_sum[1] < -(2**63)
+    assert stats.int_sumsq[1] > 10**37
     store = sn.StatsStore(tmp_path)
     store.save(stats, "wide")
     assert store.load("wide").int_sum == stats.int_sum
     assert store.load("wide").int_sumsq == stats.int_sumsq
+    assert store.load("wide").equals(stats)
 
 
 def test_sum_beyond_38_digits_is_refused_before_writing(tmp_path):
-    stats = Stats(layout="NF", feature_names=["a"], dtype="int32", count=[1], nan_count=[0],
-                  mean=[0.0], m2=[0.0], min=[0.0], max=[0.0], int_sum=(10**38,),
-                  int_sumsq=(1,))
+    stats = multiset_stats("uint64", [[(2**64 - 1, 2**63 - 1)]], names=["a"])
+    assert stats.int_sum[0] >= 10**38
     with pytest.raises(sn.StreamnormError, match="exact int_sum of feature 'a'.*38"):
         sn.save_stats(stats, tmp_path / "s", "train")
     assert not (tmp_path / "s").exists()

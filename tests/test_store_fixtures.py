@@ -1,4 +1,5 @@
-"""The committed golden store still loads, to exactly the values it was written with.
+"""The committed golden stores (format 1 and 2) still load, to exactly the values they
+were written with.
 
 If this fails after a change to the reader, the change broke files that users
 already have: keep reading the old format (and add a new fixture with
@@ -21,6 +22,7 @@ import streamnorm as sn
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STORE_V1 = FIXTURES / "store-v1"
+STORES = {1: STORE_V1, 2: FIXTURES / "store-v2"}
 sys.path.insert(0, str(FIXTURES))
 import make_fixtures  # noqa: E402  (lives beside the fixtures it writes)
 
@@ -29,26 +31,38 @@ def _floats(values):
     return np.array([math.nan if v == "nan" else float.fromhex(v) for v in values])
 
 
-@pytest.fixture(scope="module")
-def expected():
-    return json.loads((STORE_V1 / "expected.json").read_text())
+def _expected(version):
+    return json.loads((STORES[version] / "expected.json").read_text())
 
 
-def test_fixture_store_lists_its_splits(expected):
-    assert sn.StatsStore(STORE_V1).splits() == sorted(expected) == [
-        "float32", "int16", "uint8-hist"]
+@pytest.mark.parametrize("version, splits", [
+    (1, ["float32", "int16", "uint8-hist"]),
+    (2, ["float32", "float64-offset", "int16", "uint8-hist"]),
+])
+def test_fixture_store_lists_its_splits(version, splits):
+    assert sn.StatsStore(STORES[version]).splits() == sorted(_expected(version)) == splits
 
 
-@pytest.mark.parametrize("split", ["uint8-hist", "float32", "int16"])
-def test_fixture_loads_to_exact_expected_values(expected, split):
-    store = sn.StatsStore(STORE_V1)
+@pytest.mark.parametrize("version, split", [
+    (1, "uint8-hist"), (1, "float32"), (1, "int16"),
+    (2, "uint8-hist"), (2, "float32"), (2, "int16"), (2, "float64-offset"),
+])
+def test_fixture_loads_to_exact_expected_values(version, split):
+    store = sn.StatsStore(STORES[version])
     stats = store.load(split)
-    e = expected[split]
+    e = _expected(version)[split]
     assert (stats.layout, stats.dtype, list(stats.feature_names)) == (
         e["layout"], e["dtype"], e["feature_names"])
     assert stats.count.tolist() == e["count"]
     assert stats.nan_count.tolist() == e["nan_count"]
     for field in ("mean", "m2", "min", "max"):
+        assert getattr(stats, field).tobytes() == _floats(e[field]).tobytes(), field
+    if version == 1:
+        # format 1 kept no shift: the mean is its own shift (0 and NaN when empty)
+        finite = np.isfinite(stats.mean)
+        e["shift"] = [v if f else "0x0.0p+0" for v, f in zip(e["mean"], finite)]
+        e["shifted_mean"] = ["0x0.0p+0" if f else "nan" for f in finite]
+    for field in ("shift", "shifted_mean"):
         assert getattr(stats, field).tobytes() == _floats(e[field]).tobytes(), field
     if e["histogram"] is None:
         assert stats.histogram is None
@@ -58,8 +72,19 @@ def test_fixture_loads_to_exact_expected_values(expected, split):
         want = None if e[field] is None else tuple(int(v) for v in e[field])
         assert getattr(stats, field) == want
     meta = store.metadata(split)
-    assert meta["format_version"] == 1 and meta["split"] == split
+    assert meta["format_version"] == version and meta["split"] == split
     assert meta["source"] == {"generator": "tests/fixtures/make_fixtures.py"}
+    assert (meta["checksum"] is None) == (version == 1)
+
+
+def test_fixture_v2_offset_split_keeps_a_real_shift():
+    stats = sn.StatsStore(STORES[2]).load("float64-offset")
+    x = make_fixtures.offset_table()
+    assert stats.shift.tolist() == x[0].tolist()
+    mean = [sum(Fraction(float(v)) for v in col) / len(col) for col in x.T]
+    for f in range(2):
+        assert abs(Fraction(float(stats.mean[f])) - mean[f]) <= Fraction(float(
+            np.spacing(abs(stats.mean[f]))))
 
 
 def test_fixture_values_match_an_independent_oracle():
@@ -90,12 +115,13 @@ def test_fixture_values_match_an_independent_oracle():
     assert np.isnan(s.mean[3]) and np.isnan(s.min[3])
 
 
-def test_fixture_files_are_read_only_inputs(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_fixture_files_are_read_only_inputs(tmp_path, version):
     # the fixture reads the same from a copy anywhere, e.g. a memory:// store
     copy = tmp_path / "copy"
-    shutil.copytree(STORE_V1, copy)
-    mem = sn.StatsStore("memory://fixture-copy")
+    shutil.copytree(STORES[version], copy)
+    mem = sn.StatsStore(f"memory://fixture-copy-v{version}")
     for split in sn.StatsStore(copy).splits():
         data = (copy / f"split={split}" / "stats.parquet").read_bytes()
         mem.fs.pipe_file(mem._file(split), data)
-        assert mem.load(split).equals(sn.StatsStore(STORE_V1).load(split))
+        assert mem.load(split).equals(sn.StatsStore(STORES[version]).load(split))

@@ -565,10 +565,12 @@ class StatsAccumulator:
                       count=a["count"], nan_count=a["nan_count"])
         if self._kind == FLOAT_KIND:
             empty = a["count"] == 0
+            shifted_mean = np.where(empty, np.nan, a["mean"])
             with np.errstate(invalid="ignore"):
-                mean = np.where(empty, np.nan, a["shift"] + a["mean"])
+                mean = a["shift"] + shifted_mean
             return Stats(**common, mean=mean, m2=np.where(empty, 0.0, a["m2"]),
-                         min=np.where(empty, np.nan, a["min"]), max=np.where(empty, np.nan, a["max"]))
+                         min=np.where(empty, np.nan, a["min"]), max=np.where(empty, np.nan, a["max"]),
+                         shift=a["shift"], shifted_mean=shifted_mean)
         if self._histogram:
             hist = a["hist"]
             values = np.arange(HISTOGRAM_BINS, dtype=object) + (-128 if self._dtype == np.int8 else 0)

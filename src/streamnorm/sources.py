@@ -71,7 +71,7 @@ import numpy as np
 
 from .errors import DTypeError, LayoutError, NonFiniteError, StreamnormError
 from .layout import parse_layout
-from .stats import Stats
+from .stats import Stats, common_dtype
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -327,22 +327,8 @@ def combine_parts(parts: Sequence[Stats], order: Sequence[str] | None = None) ->
 
 
 def select_features(stats: Stats, indices: Sequence[int]) -> Stats:
-    """The statistics of some features only (in the order given)."""
-    idx = list(indices)
-
-    def take(a):
-        return None if a is None else a[idx]
-
-    return Stats(
-        layout=stats.layout,
-        feature_names=tuple(stats.feature_names[i] for i in idx),
-        dtype=stats.dtype,
-        count=stats.count[idx], nan_count=stats.nan_count[idx], mean=stats.mean[idx],
-        m2=stats.m2[idx], min=stats.min[idx], max=stats.max[idx],
-        histogram=take(stats.histogram),
-        int_sum=None if stats.int_sum is None else tuple(stats.int_sum[i] for i in idx),
-        int_sumsq=None if stats.int_sumsq is None else tuple(stats.int_sumsq[i] for i in idx),
-    )
+    """The statistics of some features only (in the order given); see :meth:`Stats.select`."""
+    return stats.select(indices)
 
 
 def concat_features(parts: Sequence[Stats], layout: str = "NF") -> Stats:
@@ -353,7 +339,7 @@ def concat_features(parts: Sequence[Stats], layout: str = "NF") -> Stats:
     integer path) and read its Arrow buffer without a copy.
 
     The result's ``dtype`` is the common numpy type of the parts; exact integer
-    sums are kept when every part has them.
+    sums are kept when every part has them (see :meth:`Stats.concat`).
 
     Examples
     --------
@@ -368,35 +354,17 @@ def concat_features(parts: Sequence[Stats], layout: str = "NF") -> Stats:
         raise StreamnormError("concat_features needs at least one Stats")
     if len(parts) == 1 and parts[0].layout == layout:
         return parts[0]
-    dtype = np.result_type(*[np.dtype(p.dtype) for p in parts]).name
-    hists = [p.histogram for p in parts]
-    if any(h is None for h in hists):
-        histogram = None
-    else:
+    dtype = common_dtype(p.dtype for p in parts)
+    if all(p.histogram is not None for p in parts):
         offsets = {p.histogram_offset for p in parts}
         if len(offsets) > 1:
             raise DTypeError(
                 "histograms of int8 and uint8 columns cannot share one statistics file; "
                 "select columns of one 8-bit type, or drop histogram=True"
             )
-        histogram = np.concatenate(hists, axis=0)
         if np.dtype(dtype).itemsize != 1:
             dtype = parts[0].dtype
-    exact = all(p.int_sum is not None for p in parts)
-    return Stats(
-        layout=layout,
-        feature_names=tuple(n for p in parts for n in p.feature_names),
-        dtype=dtype,
-        count=np.concatenate([p.count for p in parts]),
-        nan_count=np.concatenate([p.nan_count for p in parts]),
-        mean=np.concatenate([p.mean for p in parts]),
-        m2=np.concatenate([p.m2 for p in parts]),
-        min=np.concatenate([p.min for p in parts]),
-        max=np.concatenate([p.max for p in parts]),
-        histogram=histogram,
-        int_sum=tuple(v for p in parts for v in p.int_sum) if exact else None,
-        int_sumsq=tuple(v for p in parts for v in p.int_sumsq) if exact else None,
-    )
+    return Stats.concat(parts, layout, dtype)
 
 
 def _add_nan(stats: Stats, extra: Sequence[int]) -> Stats:

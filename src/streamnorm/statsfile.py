@@ -1,6 +1,7 @@
 """The on-disk format of one split's statistics: a small, self-describing Parquet file.
 
-Long format, one row per feature, in feature order:
+Format 2 is written; format 1 files still load. Long format, one row per
+feature, in feature order:
 
 ============== ====================== ==========================================
 column         type                   content
@@ -9,28 +10,68 @@ feature        string                 feature name
 feature_index  int32                  0 .. F-1
 count          int64                  values that entered the statistics
 nan_count      int64                  non-finite values met
-mean, m2       float64                mean, sum of squared deviations
+mean, m2       float64                plain mean, sum of squared deviations
 min, max       float64                extremes (NaN for an empty feature)
+shift          float64                value the feature was accumulated about
+shifted_mean   float64                mean relative to it: mean == shift + shifted_mean
 histogram      list<int64>            256 exact counts (8-bit input), else null
 int_sum        decimal128(38, 0)      exact sum of integer input, else null
 int_sumsq      decimal128(38, 0)      exact sum of squares, else null
 ============== ====================== ==========================================
 
-File key-value metadata: ``streamnorm.format_version``, ``streamnorm.version``,
-``layout``, ``dtype``, ``split``, ``created_at`` (ISO 8601, UTC) and, when
-known, ``source`` (JSON). Floats are stored without dictionary encoding, so
-every bit (NaN payloads, ``-0.0``) survives. Nothing is pickled and nothing in
-a file is evaluated: reading one is decoding Parquet and checking values.
+``shift`` and ``shifted_mean`` (new in format 2) let merges of stored float
+statistics stay as accurate as one pass; ``mean`` stays the plain mean, so
+DuckDB, polars or pandas read the file as it is. Where the mean is not finite
+(``nan_policy="propagate"``) ``shift`` is 0 and ``shifted_mean`` is the mean.
+Format 1 has neither column; loading it takes the mean as its own shift.
 
-The functions here are filesystem-free (bytes and tables in, bytes and tables
-out) so that any module can reuse the format; :mod:`streamnorm.store` adds
-paths, fsspec and atomic writes.
+File key-value metadata (JSON-safe text): ``streamnorm.format_version``
+(``"2"``), ``streamnorm.version``, ``layout``, ``dtype``, ``split``,
+``created_at`` (ISO 8601, UTC), ``source`` (JSON, when known) and
+``streamnorm.checksum``. Floats are stored without dictionary encoding, so
+every bit (NaN payloads, ``-0.0``) survives, and every data page carries a
+Parquet CRC-32 page checksum, verified on read.
+
+Checksum (format 2): ``streamnorm.checksum`` is ``"sha256:"`` followed by the
+hex SHA-256 of this byte string, all integers little-endian:
+
+1. ``b"streamnorm-stats\\n"``;
+2. the JSON text (``sort_keys``, separators ``","`` and ``":"``, ASCII only) of
+   the object holding those of the keys ``streamnorm.format_version``,
+   ``streamnorm.version``, ``layout``, ``dtype``, ``split``, ``created_at`` and
+   ``source`` that the file has, with their text values, then ``b"\\n"``;
+3. F as int64, then for each feature in ``feature_index`` order its name's
+   UTF-8 byte length as int64 and the bytes;
+4. the columns ``count``, ``nan_count`` as int64[F]; ``mean``, ``m2``,
+   ``min``, ``max``, ``shift``, ``shifted_mean`` as IEEE-754 binary64 [F];
+5. ``histogram``: byte 0 when null, else byte 1 and the F x 256 counts as
+   int64 (row-major); ``int_sum``, ``int_sumsq``: byte 0 when null, else byte 1
+   and F values as 16-byte two's complement.
+
+The checksum covers values, not encodings: a file rewritten by another tool
+(row order, large types, compression, extra columns or metadata keys) still
+verifies as long as the values are the same. On load every file, format 1
+included, must also be consistent: no negative counts or m2, a mean inside
+[min, max], m2 within Popoviciu's bound ``count * (max - min)**2 / 4``,
+min and max inside the dtype's range, histograms and exact sums that agree with
+count, mean, m2, min and max bit for bit, an empty feature with NaN mean.
+Non-finite mean, m2, min or max are accepted only with ``nan_count > 0``
+(what ``nan_policy="propagate"`` gives).
+
+Nothing is pickled and nothing in a file is evaluated: reading one is decoding
+Parquet and checking values. The functions here are filesystem-free (bytes and
+tables in, bytes and tables out) so that any module can reuse the format;
+:mod:`streamnorm.store` adds paths, fsspec and atomic writes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,12 +81,14 @@ import pyarrow.parquet as pq
 from ._version import __version__
 from .errors import StatsFileError, StreamnormError
 from .layout import parse_layout
-from .stats import HISTOGRAM_BINS, Stats
+from .stats import HISTOGRAM_BINS, Stats, exact_moments
 
 __all__ = [
     "FORMAT_VERSION",
     "SCHEMA",
+    "content_checksum",
     "file_metadata",
+    "read_table",
     "stats_from_bytes",
     "stats_to_bytes",
     "stats_to_table",
@@ -53,7 +96,7 @@ __all__ = [
 ]
 
 #: Version of the on-disk format this code writes and the newest it reads.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 META_FORMAT_VERSION = "streamnorm.format_version"
 META_VERSION = "streamnorm.version"
@@ -62,6 +105,11 @@ META_DTYPE = "dtype"
 META_SPLIT = "split"
 META_CREATED_AT = "created_at"
 META_SOURCE = "source"
+META_CHECKSUM = "streamnorm.checksum"
+#: Metadata keys covered by the content checksum (when present).
+CHECKSUM_KEYS = (META_FORMAT_VERSION, META_VERSION, META_LAYOUT, META_DTYPE, META_SPLIT,
+                 META_CREATED_AT, META_SOURCE)
+_CHECKSUM_PREFIX = "sha256:"
 
 EXACT_TYPE = pa.decimal128(38, 0)
 _EXACT_LIMIT = 10**38  # decimal128(38, 0) holds |v| < 10**38
@@ -77,18 +125,38 @@ SCHEMA = pa.schema(
         pa.field("m2", pa.float64(), nullable=False),
         pa.field("min", pa.float64(), nullable=False),
         pa.field("max", pa.float64(), nullable=False),
+        pa.field("shift", pa.float64(), nullable=False),
+        pa.field("shifted_mean", pa.float64(), nullable=False),
         pa.field("histogram", pa.list_(pa.int64()), nullable=True),
         pa.field("int_sum", EXACT_TYPE, nullable=True),
         pa.field("int_sumsq", EXACT_TYPE, nullable=True),
     ]
 )
+_SHIFT_COLUMNS = ("shift", "shifted_mean")
+#: The columns of each format version.
+_COLUMNS = {1: [f for f in SCHEMA if f.name not in _SHIFT_COLUMNS], 2: list(SCHEMA)}
 
 _KNOWN_DTYPES = frozenset(
     ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-     "float16", "float32", "float64"]
+     "bfloat16", "float16", "float32", "float64"]
 )
+_BFLOAT16_MAX = float.fromhex("0x1.fep+127")
 _INT_COLUMNS = ("count", "nan_count")
 _FLOAT_COLUMNS = ("mean", "m2", "min", "max")
+_HISTOGRAM_DTYPES = frozenset(["bool", "uint8", "int8"])
+# Slack for rounded float results against exact bounds (mean inside [min, max],
+# m2 under Popoviciu's bound); bit flips beyond it are the checksum's job.
+_RTOL = 1e-9
+
+
+@dataclass
+class _Columns:
+    """The decoded values of a stats file, in feature order, before any checking."""
+
+    names: list[bytes]
+    arrays: dict[str, np.ndarray]
+    histogram: np.ndarray | None
+    exact: dict[str, tuple[int, ...] | None]
 
 
 # -- encoding ----------------------------------------------------------------
@@ -119,37 +187,210 @@ def _histogram_array(histogram: np.ndarray | None, n: int) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(histogram.reshape(-1)), type=list_type)
 
 
-def _check_values(
-    count: np.ndarray,
-    nan_count: np.ndarray,
-    m2: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    histogram: np.ndarray | None,
-    int_sumsq: tuple[int, ...] | None,
-    names: tuple[str, ...],
-) -> str | None:
-    """The first inconsistency in a set of statistics, or None."""
+def _first(bad: np.ndarray, names: Sequence[str]) -> str:
+    return repr(names[int(np.flatnonzero(bad)[0])])
 
-    def first(bad: np.ndarray) -> str:
-        return repr(names[int(np.flatnonzero(bad)[0])])
 
-    if (bad := count < 0).any():
-        return f"negative count for feature {first(bad)}"
-    if (bad := nan_count < 0).any():
-        return f"negative nan_count for feature {first(bad)}"
-    if (bad := m2 < 0).any():
-        return f"negative m2 (sum of squared deviations) for feature {first(bad)}"
-    if (bad := (count > 0) & (lo > hi)).any():
-        return f"min greater than max for feature {first(bad)}"
-    if histogram is not None:
-        if (bad := (histogram < 0).any(axis=1)).any():
-            return f"negative histogram count for feature {first(bad)}"
-        if (bad := histogram.sum(axis=1) != count).any():
-            return f"histogram does not sum to count for feature {first(bad)}"
-    if int_sumsq is not None and min(int_sumsq, default=0) < 0:
-        return f"negative int_sumsq for feature {names[int(np.argmin(int_sumsq))]!r}"
+def _basic_problem(a: Mapping[str, np.ndarray], names: Sequence[str]) -> str | None:
+    """Signs, empty features, and non-finite values where no NaN was counted."""
+    count, nan_count, mean, m2, lo, hi = (a[c] for c in _INT_COLUMNS + _FLOAT_COLUMNS)
+    empty, seen, clean = count == 0, count > 0, nan_count == 0
+    checks = (
+        (count < 0, "negative count"),
+        (nan_count < 0, "negative nan_count"),
+        (m2 < 0, "negative m2 (sum of squared deviations)"),
+        (empty & ~np.isnan(mean), "count 0 but a mean that is not NaN"),
+        (empty & (m2 != 0), "count 0 but m2 not 0"),
+        (empty & ~(np.isnan(lo) & np.isnan(hi)), "count 0 but min or max not NaN"),
+        (seen & clean & ~np.isfinite(mean), "a mean that is not finite although nan_count is 0"),
+        (seen & clean & np.isnan(m2), "m2 NaN although nan_count is 0"),
+        (seen & clean & ~(np.isfinite(lo) & np.isfinite(hi)),
+         "min or max not finite although nan_count is 0"),
+        (seen & (lo > hi), "min greater than max"),
+    )
+    for bad, what in checks:
+        if bad.any():
+            return f"{what} for feature {_first(bad, names)}"
     return None
+
+
+def _range_problem(a: Mapping[str, np.ndarray], dtype: str, names: Sequence[str]) -> str | None:
+    """Mean inside [min, max], m2 under Popoviciu's bound, min/max inside the dtype."""
+    count, mean, m2, lo, hi = (a[c] for c in ("count", "mean", "m2", "min", "max"))
+    both = (count > 0) & np.isfinite(lo) & np.isfinite(hi)
+    with np.errstate(over="ignore", invalid="ignore"):
+        tol = _RTOL * np.maximum(np.abs(lo), np.abs(hi))
+        outside = both & np.isfinite(mean) & ((mean < lo - tol) | (mean > hi + tol))
+        width = hi - lo
+        bound = count * (width * width) / 4 * (1 + _RTOL)
+        too_big = both & (m2 > bound)
+    if outside.any():
+        return f"mean outside [min, max] for feature {_first(outside, names)}"
+    if too_big.any():
+        return (f"m2 larger than count * (max - min)**2 / 4 allows for feature "
+                f"{_first(too_big, names)}")
+    kind = "f" if dtype == "bfloat16" else np.dtype(dtype).kind
+    if kind in "biu":
+        info = np.iinfo(np.int8 if kind == "b" else dtype)
+        low, high = (0, 1) if kind == "b" else (info.min, info.max)
+        with np.errstate(invalid="ignore"):
+            ok = (np.floor(lo) == lo) & (np.floor(hi) == hi) & (lo >= low) & (hi <= high)
+        what = f"whole numbers in [{low}, {high}]"
+    elif kind == "f":
+        biggest = _BFLOAT16_MAX if dtype == "bfloat16" else float(np.finfo(dtype).max)
+        ok = ~np.isfinite(lo) | (np.abs(lo) <= biggest)
+        ok &= ~np.isfinite(hi) | (np.abs(hi) <= biggest)
+        what = f"inside +-{biggest:g}"
+    else:
+        return None
+    if (bad := (count > 0) & ~ok).any():
+        return f"min or max is not a value of {dtype} data ({what}) for feature {_first(bad, names)}"
+    return None
+
+
+def _shift_problem(a: Mapping[str, np.ndarray], names: Sequence[str]) -> str | None:
+    """``mean == shift + shifted_mean``; a non-finite mean travels as ``(0, mean)``."""
+    if "shift" not in a:
+        return None
+    mean, shift, rel = a["mean"], a["shift"], a["shifted_mean"]
+    finite = np.isfinite(mean)
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = finite & ~(np.isfinite(shift) & (shift + rel == mean))
+        same = (rel == mean) | (np.isnan(rel) & np.isnan(mean))
+    bad |= ~finite & ~((shift == 0) & same)
+    if bad.any():
+        return f"mean is not shift + shifted_mean for feature {_first(bad, names)}"
+    return None
+
+
+def _histogram_problem(
+    a: Mapping[str, np.ndarray], histogram: np.ndarray, exact: Mapping[str, Any], dtype: str,
+    names: Sequence[str],
+) -> str | None:
+    """Counts that sum to count and agree with min, max and the moments, bit for bit."""
+    if dtype not in _HISTOGRAM_DTYPES:
+        return f"a histogram for {dtype} data (histograms are kept for 8-bit data only)"
+    count = a["count"]
+    if (bad := (histogram < 0).any(axis=1)).any():
+        return f"negative histogram count for feature {_first(bad, names)}"
+    if (bad := histogram.sum(axis=1) != count).any():
+        return f"histogram does not sum to count for feature {_first(bad, names)}"
+    offset = -128 if dtype == "int8" else 0
+    values = np.arange(HISTOGRAM_BINS, dtype=np.int64) + offset
+    # every bin is <= count, so int64 is exact below this count; else Python ints
+    if int(count.max(initial=0)) < (1 << 62) // (128 * 128 * HISTOGRAM_BINS):
+        sums, sumsqs = histogram @ values, histogram @ (values * values)
+    else:
+        wide = histogram.astype(object)
+        sums, sumsqs = wide @ values.astype(object), wide @ (values * values).astype(object)
+    seen = histogram > 0
+    has = seen.any(axis=1)
+    lo = np.where(has, values[np.argmax(seen, axis=1)], np.nan)
+    hi = np.where(has, values[HISTOGRAM_BINS - 1 - np.argmax(seen[:, ::-1], axis=1)], np.nan)
+    if (bad := has & ((lo != a["min"]) | (hi != a["max"]))).any():
+        return f"histogram disagrees with min or max for feature {_first(bad, names)}"
+    if exact["int_sum"] is not None:
+        for f, (s, q) in enumerate(zip(sums, sumsqs)):
+            if int(s) != exact["int_sum"][f] or int(q) != exact["int_sumsq"][f]:
+                return f"histogram disagrees with int_sum or int_sumsq for feature {names[f]!r}"
+        return None
+    return _moments_problem(a, [int(v) for v in sums], [int(v) for v in sumsqs], "histogram",
+                            names)
+
+
+def _moments_problem(
+    a: Mapping[str, np.ndarray], sums: Sequence[int], sumsqs: Sequence[int], what: str,
+    names: Sequence[str],
+) -> str | None:
+    """Mean and m2 must be the exact sums' moments, each rounded once."""
+    count, mean, m2 = a["count"], a["mean"], a["m2"]
+    for f, (n, s, q) in enumerate(zip(count.tolist(), sums, sumsqs)):
+        if n == 0 and (s or q):
+            return f"count 0 but {what} not 0 for feature {names[f]!r}"
+        want_mean, want_m2 = exact_moments(n, s, q)
+        if want_m2 != m2[f] or not (want_mean == mean[f] or n == 0):
+            return f"mean or m2 disagrees with the {what} for feature {names[f]!r}"
+    return None
+
+
+def _exact_problem(
+    a: Mapping[str, np.ndarray], exact: Mapping[str, Any], dtype: str, names: Sequence[str]
+) -> str | None:
+    sums, sumsqs = exact["int_sum"], exact["int_sumsq"]
+    if sums is None:
+        return None
+    if dtype == "bfloat16" or np.dtype(dtype).kind not in "biu":
+        return f"exact integer sums for {dtype} data"
+    if min(sumsqs, default=0) < 0:
+        return f"negative int_sumsq for feature {names[int(np.argmin(sumsqs))]!r}"
+    return None
+
+
+def _inconsistency(
+    arrays: Mapping[str, np.ndarray],
+    histogram: np.ndarray | None,
+    exact: Mapping[str, tuple[int, ...] | None],
+    dtype: str,
+    names: Sequence[str],
+) -> str | None:
+    """The first way in which a set of statistics contradicts itself, or None.
+
+    Accepts everything the accumulator and the merges produce, including the
+    non-finite mean, m2, min and max of ``nan_policy="propagate"`` (which come
+    with ``nan_count > 0``).
+    """
+    with np.errstate(invalid="ignore"):
+        problem = (_basic_problem(arrays, names) or _range_problem(arrays, dtype, names)
+                   or _shift_problem(arrays, names))
+    problem = problem or _exact_problem(arrays, exact, dtype, names)
+    if problem is None and histogram is not None:
+        problem = _histogram_problem(arrays, histogram, exact, dtype, names)
+    if problem is None and exact["int_sum"] is not None:
+        problem = _moments_problem(arrays, exact["int_sum"], exact["int_sumsq"],
+                                   "exact sums int_sum/int_sumsq", names)
+    return problem
+
+
+# -- checksum ----------------------------------------------------------------
+def _int_bytes(values: tuple[int, ...] | None) -> bytes:
+    if values is None:
+        return b"\x00"
+    return b"\x01" + b"".join(int(v).to_bytes(16, "little", signed=True) for v in values)
+
+
+def _digest(meta: Mapping[str, str], cols: _Columns) -> str:
+    """The content checksum of the module docstring ("sha256:<hex>")."""
+    h = hashlib.sha256(b"streamnorm-stats\n")
+    covered = {k: meta[k] for k in CHECKSUM_KEYS if k in meta}
+    h.update(json.dumps(covered, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+             .encode("ascii") + b"\n")
+    h.update(struct.pack("<q", len(cols.names)))
+    for name in cols.names:
+        h.update(struct.pack("<q", len(name)) + name)
+    for column in _INT_COLUMNS:
+        h.update(np.ascontiguousarray(cols.arrays[column], dtype="<i8").tobytes())
+    for column in _FLOAT_COLUMNS + _SHIFT_COLUMNS:
+        h.update(np.ascontiguousarray(cols.arrays[column], dtype="<f8").tobytes())
+    if cols.histogram is None:
+        h.update(b"\x00")
+    else:
+        h.update(b"\x01" + np.ascontiguousarray(cols.histogram, dtype="<i8").tobytes())
+    for column in _DECIMAL_COLUMNS:
+        h.update(_int_bytes(cols.exact[column]))
+    return _CHECKSUM_PREFIX + h.hexdigest()
+
+
+def _stats_columns(stats: Stats) -> _Columns:
+    try:
+        names = [n.encode("utf-8") for n in stats.feature_names]
+    except UnicodeError as exc:
+        raise StreamnormError(f"feature names are not valid UTF-8 text: {exc}") from exc
+    return _Columns(
+        names=names,
+        arrays={c: getattr(stats, c) for c in _INT_COLUMNS + _FLOAT_COLUMNS + _SHIFT_COLUMNS},
+        histogram=stats.histogram,
+        exact={c: getattr(stats, c) for c in _DECIMAL_COLUMNS},
+    )
 
 
 def _utc_now() -> str:
@@ -195,24 +436,15 @@ def stats_to_table(
     if not names:
         # With no rows, a file could not tell "no histogram" from "empty histogram".
         raise StreamnormError("cannot save statistics of zero features")
-    problem = _check_values(stats.count, stats.nan_count, stats.m2, stats.min, stats.max,
-                            stats.histogram, stats.int_sumsq, names)
+    cols = _stats_columns(stats)
+    problem = _inconsistency(cols.arrays, cols.histogram, cols.exact, stats.dtype, names)
     if problem is not None:
         raise StreamnormError(f"cannot save inconsistent statistics: {problem}")
     n = len(names)
-    try:
-        feature = pa.array(names, type=pa.string())
-    except (pa.ArrowException, UnicodeError) as exc:
-        raise StreamnormError(f"feature names are not valid UTF-8 text: {exc}") from exc
     columns = [
-        feature,
+        pa.array(names, type=pa.string()),
         pa.array(np.arange(n, dtype=np.int32)),
-        pa.array(stats.count),
-        pa.array(stats.nan_count),
-        pa.array(stats.mean),
-        pa.array(stats.m2),
-        pa.array(stats.min),
-        pa.array(stats.max),
+        *(pa.array(cols.arrays[c]) for c in _INT_COLUMNS + _FLOAT_COLUMNS + _SHIFT_COLUMNS),
         _histogram_array(stats.histogram, n),
     ]
     for column in _DECIMAL_COLUMNS:
@@ -235,6 +467,7 @@ def stats_to_table(
             raise StreamnormError(
                 f"source must be JSON-serializable (lists, dicts, str, numbers): {exc}"
             ) from exc
+    metadata[META_CHECKSUM] = _digest(metadata, cols)
     return pa.Table.from_arrays(columns, schema=SCHEMA.with_metadata(metadata))
 
 
@@ -253,7 +486,9 @@ def stats_to_bytes(
     table = stats_to_table(stats, split=split, source=source, created_at=created_at)
     sink = pa.BufferOutputStream()
     # No dictionary encoding: it would merge -0.0 with 0.0 and NaN payloads.
-    pq.write_table(table, sink, use_dictionary=False, compression="zstd")
+    # Page checksums (CRC-32) let readers catch corrupted pages themselves.
+    pq.write_table(table, sink, use_dictionary=False, compression="zstd",
+                   write_page_checksum=True)
     return sink.getvalue()
 
 
@@ -304,8 +539,8 @@ def file_metadata(schema: pa.Schema, where: str = "statistics file") -> dict[str
     -------
     dict
         ``format_version`` (int), ``streamnorm_version``, ``layout``, ``dtype``,
-        ``split`` (or None), ``created_at`` (or None) and ``source`` (the
-        decoded JSON, or None).
+        ``split`` (or None), ``created_at`` (or None), ``source`` (the
+        decoded JSON, or None) and ``checksum`` (or None for format 1).
 
     Raises
     ------
@@ -328,6 +563,7 @@ def file_metadata(schema: pa.Schema, where: str = "statistics file") -> dict[str
         "split": meta.get(META_SPLIT),
         "created_at": meta.get(META_CREATED_AT),
         "source": source,
+        "checksum": meta.get(META_CHECKSUM),
     }
 
 
@@ -337,13 +573,15 @@ def _type_name(t: pa.DataType) -> str:
     return str(t)
 
 
-def _check_columns(schema: pa.Schema, where: str) -> None:
-    missing = [f.name for f in SCHEMA if f.name not in schema.names]
+def _check_columns(schema: pa.Schema, version: int, where: str) -> None:
+    fields = _COLUMNS[version]
+    missing = [f.name for f in fields if f.name not in schema.names]
     if missing:
         raise StatsFileError(
-            f"{where}: missing column(s) {missing}; a statistics file has columns {SCHEMA.names}"
+            f"{where}: missing column(s) {missing}; a statistics file of format {version} has "
+            f"columns {[f.name for f in fields]}"
         )
-    for expected in SCHEMA:
+    for expected in fields:
         if schema.get_field_index(expected.name) < 0:
             raise StatsFileError(f"{where}: column {expected.name!r} appears more than once")
         actual = schema.field(expected.name).type
@@ -428,11 +666,97 @@ def _histogram_column(table: pa.Table, where: str) -> np.ndarray | None:
     return values.to_numpy().reshape(n, HISTOGRAM_BINS)
 
 
+def _names_as_bytes(table: pa.Table, where: str) -> list[bytes]:
+    feature = table.column("feature")
+    if feature.null_count:
+        raise StatsFileError(f"{where}: column 'feature' has {feature.null_count} null value(s)")
+    # bytes, not str: a corrupted name must reach the checksum, not a UnicodeDecodeError
+    binary = pa.large_binary() if pa.types.is_large_string(feature.type) else pa.binary()
+    return feature.cast(binary).to_pylist()
+
+
+def _decode_names(names: list[bytes], where: str) -> tuple[str, ...]:
+    try:
+        return tuple(n.decode("utf-8") for n in names)
+    except UnicodeDecodeError as exc:
+        raise StatsFileError(f"{where}: a feature name is not valid UTF-8 text ({exc})") from None
+
+
+def _columns(table: pa.Table, version: int, where: str) -> _Columns:
+    """The values of a stats-file table in ``feature_index`` order, unchecked but typed."""
+    n = table.num_rows
+    if n == 0:
+        raise StatsFileError(f"{where}: the file holds no features (0 rows)")
+    index = _numpy(table, "feature_index", where)
+    order = None
+    if not np.array_equal(index, np.arange(n, dtype=np.int32)):
+        order = np.argsort(index, kind="stable")
+        if not np.array_equal(index[order], np.arange(n)):
+            raise StatsFileError(
+                f"{where}: feature_index must number the {n} features 0..{n - 1} exactly once"
+            )
+    names = _names_as_bytes(table, where)
+    floats = _FLOAT_COLUMNS + (_SHIFT_COLUMNS if version >= 2 else ())
+    arrays = {c: _numpy(table, c, where) for c in _INT_COLUMNS + floats}
+    histogram = _histogram_column(table, where)
+    exact = {c: _exact_column(table, c, where) for c in _DECIMAL_COLUMNS}
+    if (exact["int_sum"] is None) != (exact["int_sumsq"] is None):
+        raise StatsFileError(f"{where}: int_sum and int_sumsq must both be present or both null")
+    if order is not None:
+        names = [names[i] for i in order]
+        arrays = {c: a[order] for c, a in arrays.items()}
+        histogram = None if histogram is None else histogram[order]
+        exact = {c: None if v is None else tuple(v[i] for i in order) for c, v in exact.items()}
+    return _Columns(names=names, arrays=arrays, histogram=histogram, exact=exact)
+
+
+def content_checksum(table: pa.Table, where: str = "statistics file") -> str:
+    """The content checksum of a stats-file table, as its ``streamnorm.checksum`` should read.
+
+    Defined in the module docstring: SHA-256 over the values in feature order and
+    the streamnorm metadata keys, independent of the Parquet encoding.
+
+    Raises
+    ------
+    StatsFileError
+        When the table is not a readable statistics table of format 2 or later.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> t = stats_to_table(sn.compute_stats([np.ones((2, 2))], layout="NF"))
+    >>> content_checksum(t) == t.schema.metadata[b"streamnorm.checksum"].decode()
+    True
+    """
+    meta = _text_metadata(table.schema, where)
+    version = _check_header(meta, where)
+    if version < 2:
+        raise StatsFileError(f"{where}: format {version} files carry no checksum")
+    _check_columns(table.schema, version, where)
+    return _digest(meta, _columns(table, version, where))
+
+
+def _verify_checksum(meta: Mapping[str, str], cols: _Columns, where: str) -> None:
+    stored = meta.get(META_CHECKSUM)
+    if stored is None:
+        raise StatsFileError(
+            f"{where}: the {META_CHECKSUM!r} metadata is missing, so the content cannot be "
+            f"verified; write the file again with StatsStore.save"
+        )
+    if stored != _digest(meta, cols):
+        raise StatsFileError(
+            f"{where}: checksum mismatch: the file's content is not what was written (corrupted "
+            f"or edited); restore it from a backup or compute the statistics again"
+        )
+
+
 def table_to_stats(table: pa.Table, where: str = "statistics file") -> Stats:
     """Decode a stats-file table into :class:`~streamnorm.Stats`, checking everything.
 
     Rows may come in any order; ``feature_index`` puts them back. Extra
-    columns are ignored.
+    columns and metadata keys are ignored. Format 2 tables must match their
+    content checksum; every table must hold consistent values (see the module
+    docstring).
 
     Parameters
     ----------
@@ -445,51 +769,52 @@ def table_to_stats(table: pa.Table, where: str = "statistics file") -> Stats:
     ------
     StatsFileError
         For a newer format, missing metadata, missing or mistyped columns,
-        nulls, histogram lists of the wrong length, or inconsistent values
-        (negative counts, histograms that do not sum to the count,
-        ``feature_index`` not a permutation of ``0..F-1``, duplicate names).
+        nulls, histogram lists of the wrong length, a checksum mismatch, or
+        inconsistent values (negative counts, a mean outside [min, max],
+        histograms or exact sums that disagree with the moments,
+        ``feature_index`` not a permutation of ``0..F-1``, duplicate names...).
     """
     meta = _text_metadata(table.schema, where)
-    _check_header(meta, where)
-    _check_columns(table.schema, where)
-    n = table.num_rows
-    if n == 0:
-        raise StatsFileError(f"{where}: the file holds no features (0 rows)")
-    index = _numpy(table, "feature_index", where)
-    order = None
-    if not np.array_equal(index, np.arange(n, dtype=np.int32)):
-        order = np.argsort(index, kind="stable")
-        if not np.array_equal(index[order], np.arange(n)):
-            raise StatsFileError(
-                f"{where}: feature_index must number the {n} features 0..{n - 1} exactly once"
-            )
-    feature = table.column("feature")
-    if feature.null_count:
-        raise StatsFileError(f"{where}: column 'feature' has {feature.null_count} null value(s)")
-    names = feature.to_pylist()
-    arrays = {c: _numpy(table, c, where) for c in _INT_COLUMNS + _FLOAT_COLUMNS}
-    histogram = _histogram_column(table, where)
-    exact = {c: _exact_column(table, c, where) for c in _DECIMAL_COLUMNS}
-    if (exact["int_sum"] is None) != (exact["int_sumsq"] is None):
-        raise StatsFileError(f"{where}: int_sum and int_sumsq must both be present or both null")
-    if order is not None:
-        names = [names[i] for i in order]
-        arrays = {c: a[order] for c, a in arrays.items()}
-        histogram = None if histogram is None else histogram[order]
-        exact = {c: None if v is None else tuple(v[i] for i in order) for c, v in exact.items()}
-    names_t = tuple(names)
-    problem = _check_values(arrays["count"], arrays["nan_count"], arrays["m2"], arrays["min"],
-                            arrays["max"], histogram, exact["int_sumsq"], names_t)
+    version = _check_header(meta, where)
+    _check_columns(table.schema, version, where)
+    cols = _columns(table, version, where)
+    if version >= 2:
+        _verify_checksum(meta, cols, where)
+    names = _decode_names(cols.names, where)
+    problem = _inconsistency(cols.arrays, cols.histogram, cols.exact, meta[META_DTYPE], names)
     if problem is not None:
         raise StatsFileError(f"{where}: inconsistent statistics: {problem}")
     try:
         return Stats(
-            layout=meta[META_LAYOUT], feature_names=names_t, dtype=meta[META_DTYPE],
-            histogram=histogram, int_sum=exact["int_sum"], int_sumsq=exact["int_sumsq"],
-            **arrays,
+            layout=meta[META_LAYOUT], feature_names=names, dtype=meta[META_DTYPE],
+            histogram=cols.histogram, int_sum=cols.exact["int_sum"],
+            int_sumsq=cols.exact["int_sumsq"], **cols.arrays,
         )
     except StreamnormError as exc:
         raise StatsFileError(f"{where}: {exc}") from None
+
+
+def read_table(data: Any, where: str = "statistics file") -> pa.Table:
+    """The Parquet table of a stats file held in memory, page checksums verified.
+
+    Raises
+    ------
+    StatsFileError
+        For empty, truncated, corrupted (a page checksum fails) or non-Parquet bytes.
+    """
+    if len(data) == 0:
+        raise StatsFileError(f"{where}: the file is empty (0 bytes)")
+    try:
+        # ParquetFile(...).read(use_threads=False): threaded reads of in-memory
+        # buffers can abort the interpreter in pyarrow 26 (apache/arrow#34314).
+        pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+        return pf.read(use_threads=False)
+    except (pa.ArrowException, OSError, ValueError, TypeError, IndexError, KeyError,
+            RuntimeError, MemoryError, OverflowError) as exc:
+        raise StatsFileError(
+            f"{where}: not a readable Parquet file ({type(exc).__name__}: {exc}); it is "
+            f"truncated or corrupt, write it again with StatsStore.save"
+        ) from None
 
 
 def stats_from_bytes(data: Any, where: str = "statistics file") -> Stats:
@@ -498,18 +823,7 @@ def stats_from_bytes(data: Any, where: str = "statistics file") -> Stats:
     Raises
     ------
     StatsFileError
-        For empty, truncated or non-Parquet bytes and everything
-        :func:`table_to_stats` refuses.
+        For empty, truncated or non-Parquet bytes, pages that fail their
+        checksum, and everything :func:`table_to_stats` refuses.
     """
-    if len(data) == 0:
-        raise StatsFileError(f"{where}: the file is empty (0 bytes)")
-    try:
-        # ParquetFile(...).read(use_threads=False): threaded reads of in-memory
-        # buffers can abort the interpreter in pyarrow 26 (apache/arrow#34314).
-        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
-    except (pa.ArrowException, OSError, ValueError, TypeError, IndexError) as exc:
-        raise StatsFileError(
-            f"{where}: not a readable Parquet file ({type(exc).__name__}: {exc}); it is "
-            f"truncated or corrupt, write it again with StatsStore.save"
-        ) from None
-    return table_to_stats(table, where)
+    return table_to_stats(read_table(data, where), where)

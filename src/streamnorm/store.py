@@ -26,7 +26,7 @@ from typing import Any
 from .errors import IncompatibleStatsError, SplitNameError, StatsFileError, StreamnormError
 from .fsutil import resolve_url, to_url, write_bytes_atomic
 from .stats import Stats
-from .statsfile import file_metadata, stats_from_bytes, stats_to_bytes
+from .statsfile import file_metadata, read_table, stats_from_bytes, stats_to_bytes, table_to_stats
 
 __all__ = ["StatsStore", "check_split_name", "load_stats", "save_stats"]
 
@@ -316,7 +316,8 @@ class StatsStore:
 
     def metadata(self, split: str) -> dict[str, Any]:
         """The metadata of split ``split``: format and library version, layout,
-        dtype, split, ``created_at``, decoded ``source`` and ``n_features``.
+        dtype, split, ``created_at``, decoded ``source``, ``checksum`` and
+        ``n_features``, from a file that passed every check of :meth:`load`.
 
         Examples
         --------
@@ -328,18 +329,11 @@ class StatsStore:
         >>> m["layout"], m["dtype"], m["n_features"], m["source"]
         ('NF', 'float64', 3, {'paths': ['a.parquet']})
         """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        data = self._read(split)
         where = self.url(split)
-        try:
-            pf = pq.ParquetFile(pa.BufferReader(data))
-            schema, rows = pf.schema_arrow, pf.metadata.num_rows
-        except (pa.ArrowException, OSError, ValueError, TypeError, IndexError) as exc:
-            raise StatsFileError(f"{where}: not a readable Parquet file ({exc})") from None
-        meta = file_metadata(schema, where)
-        meta["n_features"] = int(rows)
+        table = read_table(self._read(split), where)
+        stats = table_to_stats(table, where)  # the metadata of a file that verifies only
+        meta = file_metadata(table.schema, where)
+        meta["n_features"] = stats.n_features
         return meta
 
     # -- merging -------------------------------------------------------

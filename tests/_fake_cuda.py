@@ -42,6 +42,12 @@ class FakeEvent:
     def query(self) -> bool:
         return self.done
 
+    def synchronize(self) -> None:
+        self._cuda.log.append(("synchronize", self.name))
+
+    def elapsed_time(self, end: FakeEvent) -> float:
+        return 1.0  # milliseconds
+
 
 class FakeStream:
     def __init__(self, cuda: FakeCuda, name: str) -> None:
@@ -64,7 +70,11 @@ class FakeStream:
 
 
 class FakeCuda:
-    """Per-thread current streams; ``default:<device>`` unless a ``stream()`` block is open."""
+    """Per-thread current device and streams.
+
+    The current device is cuda:0 unless a ``device()`` block is open; the current
+    stream is ``default:<device>`` unless a ``stream()`` block is open.
+    """
 
     def __init__(self) -> None:
         self.log: list[tuple] = []
@@ -82,11 +92,14 @@ class FakeCuda:
     def new_stream(self, name: str) -> FakeStream:
         return FakeStream(self, name)
 
+    def current_device(self) -> str:
+        return getattr(self._local, "device", "cuda:0")
+
     def current_stream(self, device: Any = None) -> FakeStream:
         stack = getattr(self._local, "stack", None)
         if stack:
             return stack[-1]
-        key = "cuda:0" if device is None else str(torch.device(device))
+        key = self.current_device() if device is None else str(torch.device(device))
         with self._lock:
             return self._defaults.setdefault(key, FakeStream(self, f"default:{key}"))
 
@@ -101,7 +114,12 @@ class FakeCuda:
 
     @contextmanager
     def device(self, device: Any) -> Iterator[None]:
-        yield
+        before = self.current_device()
+        self._local.device = str(torch.device(device))
+        try:
+            yield
+        finally:
+            self._local.device = before
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeCuda:
         monkeypatch.setattr(torch.cuda, "current_stream", self.current_stream)

@@ -47,7 +47,8 @@ def element(fake, pins, kind, tag):
 
 
 def build(container, elements):
-    """(batch, key, [(kind index, tag)] of the elements normalized, the other occurrences)."""
+    """(batch, key): ``key`` names element 0 (flat containers) or all elements (nested: a
+    tuple at "x", normalized as one, and each element again in a list under "meta")."""
     if container == "nested":
         return {"x": tuple(elements), "meta": {"y": list(elements)}}, "x"
     if container == "dict":

@@ -257,14 +257,15 @@ def cpu_cost_per_sample(images: torch.Tensor, batch_size: int, norm, device) -> 
             "b_reused_us_per_sample": b_reused * 1e6}
 
 
-def gpu_buffer_samples(sample_numel: int, min_bytes: int = MIN_GPU_BUFFER) -> int:
+def gpu_buffer_samples(sample_numel: int, min_bytes: int | None = None) -> int:
     """Samples of ``sample_numel`` uint8 values whose smallest buffer (the uint8 input) holds
-    at least ``min_bytes``: the normalize and copy buffers then all do.
+    at least ``min_bytes`` (default :data:`MIN_GPU_BUFFER`): the normalize and copy buffers
+    then all do.
 
     >>> gpu_buffer_samples(3 * 224 * 224) * 3 * 224 * 224 >= 256 * 2**20
     True
     """
-    return math.ceil(min_bytes / sample_numel)
+    return math.ceil((MIN_GPU_BUFFER if min_bytes is None else min_bytes) / sample_numel)
 
 
 def cuda_time(fn, device: torch.device, reps: int) -> float:

@@ -15,7 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _fake_cuda import FakeCuda
+import streamnorm as sn
+from _fake_cuda import FakeCuda, FakePinning
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_loader.py"
@@ -159,3 +160,34 @@ def test_cpu_quick_run_keeps_the_result_format_and_names_the_machine(tmp_path):
     caption = md[: md.index("|---")]
     assert new["cpu_model"] in caption and new["cpu_isa"] in caption
     assert f"{os.cpu_count()} cores" in caption
+
+
+def test_gpu_section_runs_end_to_end_on_cpu_stand_ins(bench, monkeypatch):
+    # no GPU here: run the GPU code path with CPU stand-ins (fake streams and pinning, small
+    # buffers, a host clock) so that it is at least executed, and its table rendered
+    FakeCuda().install(monkeypatch)
+    FakePinning(monkeypatch)
+    monkeypatch.setattr(bench, "MIN_GPU_BUFFER", 1 << 20)
+    monkeypatch.setattr(bench, "sync", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    timed = []
+
+    def host_time(fn, device, reps):
+        fn()
+        timed.append(device)
+        return 1e-3
+
+    monkeypatch.setattr(bench, "cuda_time", host_time)
+    images = torch.randint(0, 256, (4, bench.SIDE, bench.SIDE, 3), dtype=torch.uint8)
+    norm = sn.Normalizer.from_mean_std(list(bench.MEAN), list(bench.STD), layout="NCHW")
+    device = torch.device("cpu")
+    g = bench.gpu_extras(images, 4, norm, device)
+    assert timed == [device] * 3  # normalize kernel, normalize call, device copy
+    assert g["device_name"] == "Fake GPU"
+    assert min(g["buffer_mib"].values()) >= 1 and set(g["buffer_mib"]) == {
+        "normalize_in", "normalize_out", "copy_src", "copy_dst"}
+    assert g["normalize_fraction_of_copy"] == pytest.approx(
+        g["normalize_kernel_gb_s"] / g["d2d_copy_gb_s"])
+    r = fake_result(bench, "cuda:0")
+    r["gpu"] = g
+    assert "| normalize kernel uint8 -> float32 (read+write) |" in bench.to_markdown(r)

@@ -16,10 +16,18 @@ persistent), bytes sent to the device per sample, and the CPU time the
 normalization costs per sample (one thread, as in a worker; for (b) on a GPU
 that is the host time to enqueue the kernel).
 
-On a GPU it adds, measured in the same run: the pinned host-to-device copy
-ceiling for the uint8 batch and the H2D GB/s that ``DeviceLoader`` achieves
-on in-memory pinned batches; the normalize kernel's GB/s (uint8 read +
-float32 written) vs a device-to-device float32 copy; and the device name.
+On a GPU it adds, measured in the same run and all on the target device
+(``--device cuda:1`` times cuda:1: its events, its streams, its
+synchronization): the pinned host-to-device copy ceiling for the uint8 batch
+and the H2D GB/s that ``DeviceLoader`` achieves on in-memory pinned batches
+(copies on its copy stream overlap the normalization on its compute stream);
+the normalize kernel's GB/s (uint8 read + float32 written) vs a
+device-to-device float32 copy, each on buffers of at least 256 MiB so that
+neither fits the L2 cache (50 MB on an H100/H200); the device memory reserved
+after each epoch (flat: nothing leaks per epoch); and the device name.
+
+Every table names the machine: CPU model, vector ISA (AVX2 / AVX-512; NEON /
+SVE on ARM), core count, and the GPU's name on CUDA.
 
 Results: ``benchmarks/results/loader-<device>.{md,json}`` (``-quick`` with
 ``--quick``). Usage::
@@ -31,7 +39,9 @@ Results: ``benchmarks/results/loader-<device>.{md,json}`` (``-quick`` with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -45,9 +55,63 @@ from torch.utils.data import DataLoader, Dataset
 import streamnorm as sn
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MIN_GPU_BUFFER = 256 * 2**20  # bytes: far above the L2 cache of any GPU (50 MB on H100/H200)
 SIDE = 224
 MEAN = (123.675, 116.28, 103.53)  # the ImageNet constants, in uint8 units
 STD = (58.395, 57.12, 57.375)
+
+
+def cpu_from_cpuinfo(text: str, arch: str) -> dict:
+    """CPU model, widest vector ISAs and their flags, from the text of ``/proc/cpuinfo``.
+
+    >>> cpu_from_cpuinfo("model name : Xeon\\nflags : sse avx2 avx512f avx512bw\\n", "x86_64")
+    {'model': 'Xeon', 'isa': 'AVX-512, AVX2', 'vector_flags': ['avx2', 'avx512bw', 'avx512f']}
+    """
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() not in fields:
+            fields[name.strip()] = value.strip()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    model = fields.get("model name") or fields.get("Model") or fields.get("CPU part") or "unknown CPU"
+    if arch in ("x86_64", "AMD64", "i686", "i386"):
+        names = (("avx512f", "AVX-512"), ("avx2", "AVX2"))
+        vector = sorted(f for f in flags if f.startswith(("avx512", "avx2")))
+        fallback = "AVX" if "avx" in flags else "SSE only"
+    else:
+        names = (("sve", "SVE"), ("asimd", "NEON"))
+        vector = sorted(f for f in flags if f.startswith(("sve", "asimd")))
+        fallback = "no vector flags listed"
+    isa = ", ".join(name for flag, name in names if flag in flags) or fallback
+    return {"model": model, "isa": isa, "vector_flags": vector}
+
+
+def machine_info(device: torch.device) -> dict:
+    """The CPU (model, vector ISA, cores, architecture) and, on CUDA, the GPU's name."""
+    arch = platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    cpu = cpu_from_cpuinfo(text, arch)
+    if cpu["model"] == "unknown CPU" and platform.processor():
+        cpu["model"] = platform.processor()
+    info = {"cpu_model": cpu["model"], "cpu_isa": cpu["isa"], "cpu_cores": os.cpu_count(),
+            "cpu_vector_flags": cpu["vector_flags"], "arch": arch}
+    if device.type == "cuda":
+        info["gpu_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def describe_machine(m: dict) -> str:
+    """One line naming the machine, as every table's caption."""
+    text = f"{m['cpu_model']} ({m['cpu_isa']}), {m['cpu_cores']} cores, {m['arch']}"
+    return text + (f"; GPU {m['gpu_name']}" if m.get("gpu_name") else "")
+
+
+def on_device(device: torch.device):
+    """A context in which ``device`` is the current CUDA device (nothing off CUDA)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class InMemoryImages(Dataset):
@@ -104,6 +168,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reserved_mib(device: torch.device) -> float:
+    """Device memory held by torch's caching allocator (0 off CUDA)."""
+    return torch.cuda.memory_reserved(device) / 2**20 if device.type == "cuda" else 0.0
+
+
 def run_path(name: str, images, device, batch_size, workers, norm) -> dict:
     on_cuda = device.type == "cuda"
     transform = ToTensorNormalize() if name == "a" else to_chw_uint8
@@ -130,18 +199,26 @@ def run_path(name: str, images, device, batch_size, workers, norm) -> dict:
             sync(device)
             return out
 
+    reserved = []
     last = epoch()  # warm-up: worker start-up, pinned pools, kernels
+    reserved.append(reserved_mib(device))
     counted.nbytes = counted.samples = 0
     t0 = time.perf_counter()
     last = epoch()
     seconds = time.perf_counter() - t0
+    reserved.append(reserved_mib(device))
     assert last.dtype == torch.float32 and last.device.type == device.type
-    del loader
-    return {
+    result = {
         "samples_per_s": counted.samples / seconds,
         "bytes_per_sample": counted.nbytes / counted.samples,
         "seconds": seconds,
     }
+    if on_cuda:
+        epoch()  # a third epoch: the reserved memory must stay where the second left it
+        reserved.append(reserved_mib(device))
+        result["reserved_mib_after_each_epoch"] = reserved
+    del loader
+    return result
 
 
 def cpu_cost_per_sample(images: torch.Tensor, batch_size: int, norm, device) -> dict:
@@ -180,6 +257,35 @@ def cpu_cost_per_sample(images: torch.Tensor, batch_size: int, norm, device) -> 
             "b_reused_us_per_sample": b_reused * 1e6}
 
 
+def gpu_buffer_samples(sample_numel: int, min_bytes: int | None = None) -> int:
+    """Samples of ``sample_numel`` uint8 values whose smallest buffer (the uint8 input) holds
+    at least ``min_bytes`` (default :data:`MIN_GPU_BUFFER`): the normalize and copy buffers
+    then all do.
+
+    >>> gpu_buffer_samples(3 * 224 * 224) * 3 * 224 * 224 >= 256 * 2**20
+    True
+    """
+    return math.ceil((MIN_GPU_BUFFER if min_bytes is None else min_bytes) / sample_numel)
+
+
+def cuda_time(fn, device: torch.device, reps: int) -> float:
+    """Seconds per call of ``fn`` on ``device``, by CUDA events on its current stream.
+
+    The events are created and recorded on ``device`` (not on the current
+    device of the process, which ``--device cuda:1`` leaves at cuda:0).
+    """
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device)
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        for _ in range(reps):
+            fn()
+        end.record(stream)
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / reps
+
+
 def gpu_extras(images: torch.Tensor, batch_size: int, norm, device) -> dict:
     """Copy ceiling vs DeviceLoader H2D, normalize kernel vs D2D copy (CUDA only)."""
     n_batches = 16
@@ -214,26 +320,22 @@ def gpu_extras(images: torch.Tensor, batch_size: int, norm, device) -> dict:
     achieved = nbytes / timed(device_loader) / 1e9
 
     on = norm.to(device)
-    x = batch.to(device)
+    n = gpu_buffer_samples(batch[0].numel())
+    # one uint8 batch stacked n/len times: big enough that no buffer fits the L2 cache
+    x = batch.to(device).repeat(math.ceil(n / len(batch)), 1, 1, 1)[:n]
     out = torch.empty(x.shape, dtype=torch.float32, device=device)
     f32 = torch.empty(x.shape, dtype=torch.float32, device=device)
     f32_dst = torch.empty_like(f32)
-    reps = 50
+    buffers = {"normalize_in": x, "normalize_out": out, "copy_src": f32, "copy_dst": f32_dst}
+    assert all(b.nbytes >= MIN_GPU_BUFFER for b in buffers.values())
+    reps = 20
 
-    def cuda_time(fn) -> float:
-        fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / reps
+    def t_norm_fn():
+        torch.addcmul(on.shift.view(3, 1, 1), x, on.scale.view(3, 1, 1), out=out)
 
-    t_norm = cuda_time(lambda: torch.addcmul(on.shift.view(3, 1, 1), x, on.scale.view(3, 1, 1),
-                                             out=out))
-    t_api = cuda_time(lambda: on(x))
-    t_copy = cuda_time(lambda: f32_dst.copy_(f32))
+    t_norm = cuda_time(t_norm_fn, device, reps)
+    t_api = cuda_time(lambda: on(x), device, reps)
+    t_copy = cuda_time(lambda: f32_dst.copy_(f32), device, reps)
     norm_bytes = x.numel() * (1 + 4)
     copy_bytes = f32.numel() * 8
     return {
@@ -245,6 +347,7 @@ def gpu_extras(images: torch.Tensor, batch_size: int, norm, device) -> dict:
         "normalize_call_gb_s": norm_bytes / t_api / 1e9,
         "d2d_copy_gb_s": copy_bytes / t_copy / 1e9,
         "normalize_fraction_of_copy": (norm_bytes / t_norm) / (copy_bytes / t_copy),
+        "buffer_mib": {k: b.nbytes / 2**20 for k, b in buffers.items()},
     }
 
 
@@ -256,14 +359,18 @@ def run(args) -> dict:
     images = torch.randint(0, 256, (args.images, SIDE, SIDE, 3), dtype=torch.uint8, generator=gen)
     norm = sn.Normalizer.from_mean_std(list(MEAN), list(STD), layout="NCHW")
 
-    a = run_path("a", images, device, args.batch_size, args.workers, norm)
-    b = run_path("b", images, device, args.batch_size, args.workers, norm)
-    cost = cpu_cost_per_sample(images, args.batch_size, norm, device)
+    with on_device(device):  # cuda:1 is timed on cuda:1, not on the process's cuda:0
+        a = run_path("a", images, device, args.batch_size, args.workers, norm)
+        b = run_path("b", images, device, args.batch_size, args.workers, norm)
+        cost = cpu_cost_per_sample(images, args.batch_size, norm, device)
+        gpu = gpu_extras(images, args.batch_size, norm, device) if device.type == "cuda" else None
+    machine = machine_info(device)
     result = {
         "benchmark": "loader",
         "date": time.strftime("%Y-%m-%d"),
         "device": str(device),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": describe_machine(machine),
+        **{k: machine[k] for k in ("cpu_model", "cpu_isa", "cpu_cores", "cpu_vector_flags")},
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "streamnorm": sn.__version__,
@@ -279,8 +386,8 @@ def run(args) -> dict:
         "cpu_cost_ratio_a_over_b": cost["a_us_per_sample"] / cost["b_us_per_sample"],
         "cpu_cost_ratio_a_over_b_reused": cost["a_us_per_sample"] / cost["b_reused_us_per_sample"],
     }
-    if device.type == "cuda":
-        result["gpu"] = gpu_extras(images, args.batch_size, norm, device)
+    if gpu is not None:
+        result["gpu"] = gpu
     return result
 
 
@@ -323,6 +430,10 @@ def to_markdown(r: dict) -> str:
             "",
             f"## {g['device_name']}",
             "",
+            (f"Machine: {r['machine']}. Timed on {r['device']} (its events and streams); the "
+             f"normalize and copy buffers are {min(g['buffer_mib'].values()):.0f} MiB or more "
+             "each, far above the L2 cache."),
+            "",
             "| measure | GB/s | fraction | target |",
             "|---|---|---|---|",
             f"| pinned H2D copy ceiling (uint8 batch) | {g['h2d_ceiling_gb_s']:.1f} | 1 | |",
@@ -333,6 +444,12 @@ def to_markdown(r: dict) -> str:
             f"| {g['normalize_fraction_of_copy']:.2f} | >= 0.6 |"),
             f"| Normalizer call (same, via the API) | {g['normalize_call_gb_s']:.0f} | | |",
         ]
+        reserved = r["b_device_loader"].get("reserved_mib_after_each_epoch")
+        if reserved:
+            flat = "flat" if len(set(reserved[1:])) == 1 else "NOT flat"
+            lines += ["", (f"- DeviceLoader reserved device memory after epochs 1, 2, 3: "
+                           f"{', '.join(f'{v:.0f}' for v in reserved)} MiB ({flat} after the "
+                           "warm-up epoch; target: flat)")]
     else:
         lines += [
             "",

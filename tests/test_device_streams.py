@@ -8,8 +8,6 @@ is still busy, or memory recycled too early, shows as wrong values.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -18,31 +16,10 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 import streamnorm as sn
-from _fake_cuda import FakeCuda, gpu_tensor
-from streamnorm.device import DeviceStage, _BackgroundIterator
+from _fake_cuda import NORM, FakeCuda, FakePinning, fake_loader, fake_stage, gpu_tensor
+from streamnorm.device import _BackgroundIterator
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-NORM = sn.Normalizer.from_range(0, 255)
-
-
-def fake_stage(fake: FakeCuda, side_name: str = "side") -> DeviceStage:
-    """A DeviceStage whose side stream is fake and whose normalize step logs its stream."""
-    stage = DeviceStage(NORM, "cpu")
-    stage.stream = fake.new_stream(side_name)
-
-    def normalize(batch):
-        fake.log.append(("normalize", fake.current_stream().name))
-        return batch
-
-    stage._normalize = normalize
-    return stage
-
-
-def fake_loader(fake: FakeCuda, source, **kwargs) -> sn.DeviceLoader:
-    dl = sn.DeviceLoader(source, NORM, device="cpu", **kwargs)
-    fake_stage_ = fake_stage(fake)
-    dl._stage.stream, dl._stage._normalize = fake_stage_.stream, fake_stage_._normalize
-    return dl
 
 
 def entries(log, kind):
@@ -53,25 +30,30 @@ def entries(log, kind):
 KINDS = st.sampled_from(["cpu", "numpy", "label", "cuda:0", "cuda:1"])
 
 
+def make_element(fake, kind, i):
+    if kind.startswith("cuda"):
+        return gpu_tensor(fake, f"t{i}", kind)
+    if kind == "numpy":
+        return np.zeros((2, 3), np.uint8)
+    if kind == "label":
+        return i
+    t = torch.zeros(2, 3, dtype=torch.uint8)
+    t.tag = f"t{i}"
+    return t
+
+
 @settings(max_examples=60, deadline=None)
 @given(kinds=st.lists(KINDS, min_size=1, max_size=6), nest=st.booleans(),
        in_user_stream=st.booleans())
 def test_gpu_inputs_wait_for_their_producer_stream_and_are_recorded(kinds, nest, in_user_stream):
+    # the stage targets cuda:0: cuda:1 inputs are copied (read on the copy stream), cuda:0
+    # inputs are read in place by the normalization (on the compute stream)
     fake = FakeCuda()
     with pytest.MonkeyPatch.context() as mp:
         fake.install(mp)
-        stage = fake_stage(fake)
-        elements, gpu = [], {}
-        for i, kind in enumerate(kinds):
-            if kind.startswith("cuda"):
-                gpu[f"t{i}"] = kind
-                elements.append(gpu_tensor(fake, f"t{i}", kind))
-            elif kind == "numpy":
-                elements.append(np.zeros((2, 3), np.uint8))
-            elif kind == "label":
-                elements.append(i)
-            else:
-                elements.append(torch.zeros(2, 3, dtype=torch.uint8))
+        stage = fake_stage(fake, key="x" if nest else 0)
+        elements = [make_element(fake, kind, i) for i, kind in enumerate(kinds)]
+        gpu = {f"t{i}": kind for i, kind in enumerate(kinds) if kind.startswith("cuda")}
         batch = {"x": tuple(elements), "y": [elements[:1]]} if nest else elements
         user = fake.new_stream("user")
         if in_user_stream:
@@ -82,16 +64,25 @@ def test_gpu_inputs_wait_for_their_producer_stream_and_are_recorded(kinds, nest,
 
     log = fake.log
     producers = list(dict.fromkeys(gpu.values()))
-    want_waits = [("wait_stream", "side", "user" if in_user_stream else f"default:{d}")
+    want_waits = [("wait_stream", "copy", "user" if in_user_stream else f"default:{d}")
                   for d in producers]
     assert entries(log, "wait_stream") == want_waits  # none for CPU-only batches: no lost overlap
-    n_recorded = {tag: 2 if nest and tag == "t0" else 1 for tag in gpu}  # t0 appears twice nested
+    copies = [i for i, e in enumerate(log) if e[0] == "copy"]
+    assert all(log.index(w) < min(copies, default=len(log)) for w in want_waits), \
+        "copied before the producer was done"
+    # t0 appears twice nested (in x and in y): each occurrence is read by its own copy
+    n_read = {tag: 2 if nest and tag == "t0" else 1 for tag in gpu}
+    on_copy = [("record_stream", t, "copy") for t, kind in gpu.items() if kind == "cuda:1"
+               for _ in range(n_read[t])]
+    normalized = [f"t{i}" for i in range(len(kinds))] if nest else ["t0"]
+    on_compute = [("record_stream", t if gpu.get(t) == "cuda:0" else f"dev:{t}", "compute")
+                  for t in normalized if kinds[int(t[1:])] in ("cpu", "cuda:0", "cuda:1")]
     recorded = entries(log, "record_stream")
-    assert sorted(recorded) == sorted(("record_stream", t, "side") for t, n in n_recorded.items()
-                                      for _ in range(n))
-    work = log.index(("normalize", "side"))
-    assert all(log.index(w) < work for w in want_waits), "the side stream read before waiting"
-    assert all(log.index(r) > work for r in recorded), "recorded before the side stream used them"
+    assert sorted(e for e in recorded if e[2] == "copy") == sorted(on_copy)
+    assert sorted(e for e in recorded if e[2] == "compute" and "?" not in e[1]) == sorted(on_compute)
+    work = log.index(next(e for e in log if e[0] == "normalize"))
+    assert all(log.index(r) > max(copies) for r in on_copy), "recorded before the copy was issued"
+    assert all(log.index(r) > work for r in on_compute), "recorded before the compute stream used them"
 
 
 def gpu_batches(fake, n):
@@ -101,7 +92,7 @@ def gpu_batches(fake, n):
 
 def test_pin_thread_marks_gpu_inputs_on_the_stream_that_wrote_them(monkeypatch):
     # the source runs in the pin thread, whose current stream wrote the tensors; the
-    # consumer iterates on a stream of its own: the side stream must wait for the former
+    # consumer iterates on a stream of its own: the copy stream must wait for the former
     fake = FakeCuda().install(monkeypatch)
     dl = fake_loader(fake, gpu_batches(fake, 3), key="image")
     consumer = fake.new_stream("consumer")
@@ -111,11 +102,12 @@ def test_pin_thread_marks_gpu_inputs_on_the_stream_that_wrote_them(monkeypatch):
     log = fake.log
     marks = [e[1] for e in entries(log, "record") if e[1].endswith("@default:cuda:0")]
     assert len(marks) == 3  # one event per batch, recorded on the pin thread's stream
-    assert entries(log, "wait_event")[:1] == [("wait_event", "side", marks[0])]
-    assert {e for e in entries(log, "wait_event") if e[1] == "side"} == {
-        ("wait_event", "side", m) for m in marks}
+    assert entries(log, "wait_event")[:1] == [("wait_event", "copy", marks[0])]
+    assert {e for e in entries(log, "wait_event") if e[1] == "copy"} == {
+        ("wait_event", "copy", m) for m in marks}
     assert not entries(log, "wait_stream")  # never the consumer's stream: it did not write them
-    assert sorted(e[1] for e in entries(log, "record_stream") if e[2] == "side") == ["b0", "b1", "b2"]
+    # already on cuda:0, read in place by the normalization
+    assert sorted(e[1] for e in entries(log, "record_stream") if e[2] == "compute") == ["b0", "b1", "b2"]
 
 
 def test_without_pin_thread_gpu_inputs_wait_for_the_callers_stream(monkeypatch):
@@ -124,7 +116,7 @@ def test_without_pin_thread_gpu_inputs_wait_for_the_callers_stream(monkeypatch):
     consumer = fake.new_stream("consumer")
     with fake.stream(consumer):
         list(dl)
-    assert entries(fake.log, "wait_stream") == [("wait_stream", "side", "consumer")] * 2
+    assert entries(fake.log, "wait_stream") == [("wait_stream", "copy", "consumer")] * 2
 
 
 # -- item 16: the consumer's stream, the pin thread, numpy under pin_memory=True ------
@@ -136,8 +128,9 @@ def test_hand_off_syncs_with_the_stream_current_at_each_next(monkeypatch):
     for s in streams:
         with fake.stream(s):
             next(it)
-    done = [e[1] for e in entries(fake.log, "record") if e[1].endswith("@side")]
-    assert entries(fake.log, "wait_event") == [("wait_event", s.name, d) for s, d in zip(streams, done)]
+    done = [e[1] for e in entries(fake.log, "record") if e[1].endswith("@compute")]
+    consumer_waits = [e for e in entries(fake.log, "wait_event") if e[1] != "compute"]
+    assert consumer_waits == [("wait_event", s.name, d) for s, d in zip(streams, done)]
 
 
 def test_pin_thread_runs_with_one_torch_thread():
@@ -149,25 +142,6 @@ def test_pin_thread_runs_with_one_torch_thread():
         assert torch.get_num_threads() == 3  # the setting is the pin thread's own
     finally:
         torch.set_num_threads(before)
-
-
-class FakePinning:
-    """``Tensor.pin_memory``/``is_pinned`` for a CPU-only torch: a pinned copy is remembered."""
-
-    def __init__(self, monkeypatch) -> None:
-        self.pinned: list[torch.Tensor] = []
-        self.threads: set[str] = set()
-        monkeypatch.setattr(torch.Tensor, "is_pinned", lambda t: any(t is p for p in self.pinned))
-        monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: self._pin(t))
-
-    def _pin(self, t):
-        self.threads.add(threading.current_thread().name)
-        copy = t.clone()
-        self.pinned.append(copy)
-        return copy
-
-    def is_pinned(self, t) -> bool:
-        return any(t is p for p in self.pinned)
 
 
 class Rows(Dataset):

@@ -11,20 +11,31 @@ On CUDA, per batch:
    DataLoader's own pin loop), one batch ahead: numpy arrays and tensors the
    source left unpinned; what ``DataLoader(pin_memory=True)`` pinned passes
    through untouched;
-2. every tensor is copied with ``non_blocking=True`` on one side stream,
-   created once per :class:`DeviceLoader` (not per epoch), and the tensor(s)
-   at ``key`` are normalized on that stream. Tensors already on a GPU (from
-   a GPU decoder) are read safely: the side stream first waits for the work
+2. every tensor is copied with ``non_blocking=True`` on a *copy stream*, and
+   the tensor(s) at ``key`` are normalized on a *compute stream*; both are
+   created once per :class:`DeviceLoader` (not per epoch) and linked by
+   events: the compute stream waits on an event recorded after the batch's
+   copies, so the copy of batch ``k + 1`` overlaps the normalization of batch
+   ``k``. The device copies that the compute stream reads are
+   ``record_stream``-ed on it, so the allocator does not hand their blocks
+   to the next copy before the normalization has read them; the pinned host
+   buffers are held until the copy's event has completed (pinned memory
+   cannot be ``record_stream``-ed; torch's caching host allocator also
+   records its own event on the copy stream). Tensors already on a GPU (from
+   a GPU decoder) are read safely: the copy stream first waits for the work
    that wrote them (queued on the stream current on their device in the
    thread that iterated the source: the pin thread, or the caller of
-   ``next()`` with ``pin_memory=False``), and they are ``record_stream``-ed
-   on the side stream, so the allocator keeps their memory until the side
-   stream is done with it;
+   ``next()`` with ``pin_memory=False``), which the compute stream inherits
+   through the copy event, and they are ``record_stream``-ed on each stream
+   that reads them (the copy stream for a copy from another GPU, the compute
+   stream when normalized in place on the device), so the allocator keeps
+   their memory until those streams are done with it;
 3. batch ``k + 1`` is launched before batch ``k`` is handed over, so its
    copy overlaps the training step on batch ``k``;
 4. the hand-off is stream-safe: the stream that is current (on the target
    device, in the calling thread) when ``next()`` is called, the consumer,
-   waits on an event recorded after batch ``k``'s work, and every tensor is
+   waits on an event recorded on the compute stream after batch ``k``'s
+   normalization (which itself came after its copies), and every tensor is
    ``record_stream``-ed on it so the caching allocator never recycles memory
    the training step still reads. Use the batch on that stream: call
    ``next()`` (iterate) inside ``with torch.cuda.stream(s):`` to train on a
@@ -42,6 +53,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -205,11 +217,14 @@ def _check_key(key: Any) -> None:
 class DeviceStage:
     """Copy a CPU batch to the device and normalize it there (shared by loader and node).
 
-    Holds the normalizers (moved to the device once) and, on CUDA, the one
-    side stream. :meth:`launch` enqueues the copy and the normalization on
-    that stream and records an event; :meth:`hand_off` makes the caller's
-    current stream wait for it and ``record_stream``-s every tensor. On the
-    CPU :meth:`apply` does both at once.
+    Holds the normalizers (moved to the device once) and, on CUDA, two
+    streams created once: :attr:`copy_stream` for the host-to-device (and
+    peer) copies, :attr:`compute_stream` for the normalization.
+    :meth:`launch` enqueues a batch's copies, then its normalization behind
+    an event of the copies, and returns an event of the normalization;
+    :meth:`hand_off` makes the caller's current stream wait for that event
+    and ``record_stream``-s every tensor. On the CPU :meth:`apply` does both
+    at once.
 
     Both sides synchronize with the streams current in the calling thread:
     :meth:`launch` with the producer of inputs already on a GPU (the current
@@ -253,46 +268,91 @@ class DeviceStage:
         self.dtype = _float_out(dtype)
         # scale/shift cross to the device here, once, on the default stream
         self.normalizers: dict[Key, Normalizer] = {k: n.to(self.device) for k, n in norms.items()}
-        self.stream = None
+        self.copy_stream = None
+        self.compute_stream = None
+        # (copy event, pinned host tensors it reads), oldest first
+        self._host_in_flight: deque[tuple[Any, list[torch.Tensor]]] = deque()
         if self.device.type == "cuda":
             with torch.cuda.device(self.device):
-                self.stream = torch.cuda.Stream(device=self.device)
+                self.copy_stream = torch.cuda.Stream(device=self.device)
+                self.compute_stream = torch.cuda.Stream(device=self.device)
+
+    @property
+    def stream(self) -> Any:
+        """The compute stream, whose event the consumer waits on (``None`` off CUDA)."""
+        return self.compute_stream
 
     def _normalize(self, batch: Any) -> Any:
         for k, norm in self.normalizers.items():
             batch = replace(batch, k, norm(pick(batch, k), self.dtype))
         return batch
 
+    def _copy(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device, non_blocking=True)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t if t.device == self.device else self._copy(t)
+
+    def _read_by_compute(self, moved: Any) -> list[torch.Tensor]:
+        """The device tensors that the normalization reads (those at the normalizers' keys)."""
+        return [t for k in self.normalizers for t in _each_tensor(pick(moved, k))
+                if t.device.type == "cuda"]
+
+    def _release_copied_host_buffers(self) -> None:
+        # events of one stream complete in order: stop at the first still pending
+        while self._host_in_flight and self._host_in_flight[0][0].query():
+            self._host_in_flight.popleft()
+
     def apply(self, batch: Any) -> Any:
         """Move and normalize synchronously (the CPU path)."""
         return self._normalize(move_to_device(batch, self.device))
 
-    def launch(self, batch: Any, ready: Mapping[torch.device, Any] | None = None) -> tuple[Any, Any]:
-        """Enqueue copy + normalize of ``batch`` on the side stream (CUDA).
+    def _wait_for_producers(self, batch: Any, ready: Mapping[torch.device, Any] | None) -> None:
+        if ready is not None:
+            for event in ready.values():
+                self.copy_stream.wait_event(event)
+        else:
+            for dev in _gpu_devices(batch):
+                self.copy_stream.wait_stream(torch.cuda.current_stream(dev))
 
-        Inputs already on a GPU are read only after the work that wrote them:
-        the side stream waits for the events in ``ready`` (one per GPU, see
-        :func:`_producer_events`) or, when ``ready`` is None, for the stream
-        current on their device in the calling thread. They are also
-        ``record_stream``-ed on the side stream, so that their memory outlives
-        the read even when the producer frees them at once.
+    def launch(self, batch: Any, ready: Mapping[torch.device, Any] | None = None) -> tuple[Any, Any]:
+        """Enqueue the copies of ``batch`` on the copy stream and its normalization on the
+        compute stream (CUDA); return ``(batch on the device, event after its normalization)``.
+
+        The compute stream waits on an event recorded after the copies, never
+        on the copy stream as a whole, so the next batch's copies overlap
+        this batch's normalization. Inputs already on a GPU are read only
+        after the work that wrote them: the copy stream waits for the events
+        in ``ready`` (one per GPU, see :func:`_producer_events`) or, when
+        ``ready`` is None, for the stream current on their device in the
+        calling thread; the compute stream inherits that wait through the
+        copy event. Every device tensor is ``record_stream``-ed on each of our
+        streams that reads it without having allocated it; pinned host
+        tensors are held until the copy event has completed.
         """
-        resident = [t for t in _each_tensor(batch) if t.device.type == "cuda"]
+        copy, compute = self.copy_stream, self.compute_stream
         with torch.cuda.device(self.device):
-            if ready is not None:
-                for event in ready.values():
-                    self.stream.wait_event(event)
-            else:
-                for dev in _gpu_devices(batch):
-                    self.stream.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(self.stream):
-                out = self._normalize(move_to_device(batch, self.device, non_blocking=True))
-                for t in resident:
-                    # the producer may free them as soon as we return (we replace them
-                    # in the batch); the side stream still reads them
-                    t.record_stream(self.stream)
-                done = torch.cuda.Event()
-                done.record(self.stream)
+            self._release_copied_host_buffers()
+            self._wait_for_producers(batch, ready)
+            with torch.cuda.stream(copy):
+                moved = _map_tensors(batch, self._to_device)
+            copied = copy.record_event()
+            inputs = list(_each_tensor(batch))
+            for t in inputs:
+                if t.device.type == "cuda" and t.device != self.device:
+                    # a peer copy reads it; the producer may free it as soon as we return
+                    t.record_stream(copy)
+            pinned = [t for t in inputs if t.device.type == "cpu" and t.is_pinned()]
+            if pinned:
+                self._host_in_flight.append((copied, pinned))
+            compute.wait_event(copied)
+            with torch.cuda.stream(compute):
+                out = self._normalize(moved)
+            for t in self._read_by_compute(moved):
+                # allocated on the copy stream (or by the producer) and dropped from the
+                # batch once normalized: not to be reused before the compute stream read it
+                t.record_stream(compute)
+            done = compute.record_event()
         return out, done
 
     def hand_off(self, launched: tuple[Any, Any]) -> Any:
@@ -302,9 +362,10 @@ class DeviceStage:
         consumer.wait_event(done)
         for t in _each_tensor(out):
             if t.device.type == "cuda":
-                # the allocator must not recycle these blocks (allocated on the
-                # side stream) until the consumer's work on them is done
+                # the allocator must not recycle these blocks (allocated on the copy or
+                # compute stream) until the consumer's work on them is done
                 t.record_stream(consumer)
+        self._release_copied_host_buffers()
         return out
 
 
@@ -345,6 +406,10 @@ class DeviceLoader:
     already on a GPU are read after the work queued on the stream current on
     their device in the thread that iterates the source (the pin thread, or
     the caller of ``next()`` with ``pin_memory=False``) when it yielded them.
+    Copies run on :attr:`copy_stream`, the normalization on :attr:`stream`
+    (the compute stream), both created once per ``DeviceLoader`` and linked
+    by events, so the copy of batch ``k + 1`` overlaps the normalization of
+    batch ``k`` (see :mod:`streamnorm.device`).
 
     ``len(device_loader)`` is ``len(loader)``. Attributes the wrapper lacks
     (``dataset``, ``sampler``, ``batch_size``...) are read from ``loader``.
@@ -398,8 +463,13 @@ class DeviceLoader:
 
     @property
     def stream(self) -> torch.cuda.Stream | None:
-        """The side stream copies and normalization run on (``None`` off CUDA)."""
-        return self._stage.stream
+        """The compute stream: normalization runs there (``None`` off CUDA)."""
+        return self._stage.compute_stream
+
+    @property
+    def copy_stream(self) -> torch.cuda.Stream | None:
+        """The stream host-to-device copies run on (``None`` off CUDA)."""
+        return self._stage.copy_stream
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]

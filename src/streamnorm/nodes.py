@@ -192,8 +192,9 @@ class DeviceNormalize(BaseNode):
     """Move each batch to ``device`` and normalize the element at ``key`` there.
 
     The node form of :class:`~streamnorm.DeviceLoader`, with the same
-    arguments. On CUDA the copy and the normalization run on one side stream
-    created with the node, one batch ahead, and are handed over stream-safely;
+    arguments. On CUDA the copies run on a copy stream and the normalization
+    on a compute stream, both created with the node and linked by events, one
+    batch ahead, and are handed over stream-safely;
     put ``torchdata.nodes.PinMemory`` upstream (only where CUDA exists) so
     that copies are asynchronous (it pins tensors, not numpy arrays). On the
     CPU each batch is normalized by the thread that pulls it from this node.
@@ -204,7 +205,7 @@ class DeviceNormalize(BaseNode):
     use it there, or iterate inside ``with torch.cuda.stream(s):``. Tensors
     the source yields already on a GPU are read after the work queued on the
     stream current on their device in that same thread, and are
-    ``record_stream``-ed on the side stream while it reads them.
+    ``record_stream``-ed on each stream that reads them.
 
     The state is the source's state as of the last batch handed out, so a
     restore resumes right after it even though one more batch was in flight.

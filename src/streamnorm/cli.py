@@ -2,9 +2,10 @@
 
 Exit status: 0 on success, 2 for usage errors (bad options, bad split names,
 bad layouts), 1 for data errors (missing or unreadable files, undecodable
-images, no numeric columns, a split that exists already...). Errors are one
-line on stderr that names the file and the problem; ``--debug`` adds the
-traceback.
+images, no numeric columns, a split that exists already...), 3 when
+``diff --fail-on-drift`` flags a feature. Errors are one line on stderr that
+names the file and the problem, in terms of the command's flags; ``--debug``
+adds the traceback.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ examples:
   streamnorm diff stats/ train test
   streamnorm plot stats/ --out stats.png
 
-exit status: 0 ok, 1 data error (one line on stderr naming the file), 2 usage error.
+exit status: 0 ok, 1 data error (one line on stderr naming the file), 2 usage error,
+3 drift found by diff --fail-on-drift.
 """
 
 EPILOG_COMPUTE = """\
@@ -60,6 +62,15 @@ examples:
 A run with --checkpoint can be killed at any time; run the same command again to
 resume: finished shards are not read again and the result is bit-identical.
 """
+
+
+#: Exit status of ``streamnorm diff --fail-on-drift`` when a feature is flagged:
+#: distinct from 1 (data error) and 2 (usage error), so a CI job can tell drift
+#: from a broken command.
+EXIT_DRIFT = 3
+
+JSON_NOTE = ("--format json writes valid JSON: NaN as null, infinities as the strings "
+             "\"inf\" and \"-inf\".")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print per-feature count, mean, std, min, max and nan_count (and "
                     "quantiles when a histogram exists).",
         epilog="examples:\n  streamnorm show stats/\n  streamnorm show stats/ --split train "
-               "--format json",
+               "--format json\n\nNumbers are printed in full (the shortest text that reads "
+               "back to the same float64).\n" + JSON_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("root", metavar="ROOT")
@@ -183,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "threshold are flagged: |SMD| > T, std ratio outside [1/(1+T), 1+T], "
                     "KS > T.",
         epilog="examples:\n  streamnorm diff stats/ train test\n"
-               "  streamnorm diff stats/ train val --threshold 0.2 --format json",
+               "  streamnorm diff stats/ train val --threshold 0.2 --format json\n"
+               "  streamnorm diff stats/ train test --format csv > drift.csv\n"
+               "  streamnorm diff stats/ train test --fail-on-drift   # in CI\n\n"
+               f"exit status: 0 ok, {EXIT_DRIFT} features flagged (only with --fail-on-drift), "
+               "1 data error, 2 usage error.\n" + JSON_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("root", metavar="ROOT")
@@ -191,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("other", metavar="OTHER")
     d.add_argument("--threshold", type=_positive_float, default=0.1, metavar="T",
                    help="flag threshold (default 0.1)")
-    d.add_argument("--format", choices=("table", "json"), default="table")
+    d.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    d.add_argument("--fail-on-drift", action="store_true",
+                   help=f"exit with status {EXIT_DRIFT} when a feature is flagged (the report "
+                        f"is printed as usual); for CI jobs")
     d.add_argument("--storage-options", type=_storage_options, default=None, metavar="JSON")
     d.set_defaults(func=_cmd_diff)
 
@@ -369,9 +388,16 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     loaded = _load_splits(args.root, [args.base, args.other], args.storage_options)
     result = report.diff(loaded[args.base], loaded[args.other], threshold=args.threshold,
                          names=(args.base, args.other))
+    status = EXIT_DRIFT if args.fail_on_drift and result.flagged else 0
     if args.format == "json":
         _out(report.to_json(result.to_dict()))
-        return 0
+        return status
+    if args.format == "csv":
+        columns = ["feature", "mean_base", "mean_other", "smd", "std_base", "std_other",
+                   "std_ratio", "ks", "flagged", "reasons"]
+        rows = [dict(r, reasons=";".join(r["reasons"])) for r in result.rows]
+        sys.stdout.write(report.to_csv(rows, columns))
+        return status
     columns = ["feature", "mean_base", "mean_other", "smd", "std_ratio", "ks", "flagged",
                "reasons"]
     rows = [dict(r, mean_base=r["mean_base"], mean_other=r["mean_other"]) for r in result.rows]
@@ -385,7 +411,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     _out(f"{len(flagged)} of {len(rows)} feature(s) beyond the threshold"
          + (f": {', '.join(flagged[:20])}" + (" ..." if len(flagged) > 20 else "")
             if flagged else ""))
-    return 0
+    return status
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -416,7 +442,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, 1 or 2).
+    """Run the command line; returns the exit status (0, 1, 2, or 3 for drift).
 
     Examples
     --------

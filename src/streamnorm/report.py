@@ -262,7 +262,10 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return f"{value:.6g}"
+        # The shortest text that reads back to the same float64: a table
+        # that rounds hides the digits a reader compares (10000.002 is not 10000).
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -297,9 +300,45 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     return "\n".join([line(columns), *(line(r) for r in cells)])
 
 
+def _json_value(value: Any) -> Any:
+    """``value`` with every number made valid JSON (see :func:`to_json`)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def to_json(value: Any) -> str:
-    """JSON with NaN as null (valid JSON for any reader)."""
-    return json.dumps(value, indent=2, allow_nan=False, default=_num)
+    """Valid JSON for any reader (RFC 8259 has no NaN or Infinity).
+
+    NaN becomes ``null``; +-infinity becomes the strings ``"inf"`` and
+    ``"-inf"`` (which ``float()`` reads back). Finite floats are written
+    as the shortest text that reads back to the same float64.
+
+    Examples
+    --------
+    >>> print(to_json({"mean": [1.5, float("inf"), float("nan")]}))
+    {
+      "mean": [
+        1.5,
+        "inf",
+        null
+      ]
+    }
+    """
+    return json.dumps(_json_value(value), indent=2, allow_nan=False)
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

@@ -274,6 +274,50 @@ def _check_split(name: str) -> str:
         raise UsageError(str(exc)) from None
 
 
+def _missing_folders(fs: Any, path: str) -> list[str]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while path and not fs.exists(path):
+        missing.append(path)
+        parent = path.rsplit("/", 1)[0] if "/" in path.strip("/") else ""
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _check_writable(root: str, storage_options: Any) -> None:
+    """Fail before the pass, not after it: write and remove a probe file at ``root``.
+
+    Folders the probe had to create are removed again, so a run that fails
+    later (bad data) leaves nothing behind.
+    """
+    import uuid
+
+    from .fsutil import resolve_url, write_bytes_atomic
+
+    fs, path = resolve_url(root, storage_options)
+    created = _missing_folders(fs, path)
+    probe = f"{path}/_streamnorm-write-check-{uuid.uuid4().hex}"
+    try:
+        fs.makedirs(path, exist_ok=True)
+        write_bytes_atomic(fs, probe, b"", overwrite=True)
+        fs.rm(probe)
+    except (OSError, NotImplementedError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
+        raise StreamnormError(
+            f"{root}: cannot write to the store ({reason}); nothing was computed: fix the "
+            f"permissions or pass another --store"
+        ) from exc
+    finally:
+        for folder in created:  # deepest first; only the empty folders made above
+            try:
+                if fs.exists(folder) and not fs.ls(folder):
+                    fs.rmdir(folder)
+            except OSError:
+                pass
+
+
 def _cmd_compute(args: argparse.Namespace) -> int:
     from . import engine
     from .layout import parse_layout
@@ -301,6 +345,7 @@ def _cmd_compute(args: argparse.Namespace) -> int:
             f"{store.url(args.split)}: the store already has split {args.split!r}; pass "
             f"--overwrite to replace it, or choose another --split"
         )
+    _check_writable(args.store, so)
     run = engine.compute(
         args.sources, layout=args.layout, columns=columns, image_column=args.image_column,
         image_mode=args.image_mode, storage_options=so, histogram=args.histogram,

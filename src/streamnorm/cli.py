@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import traceback
@@ -260,6 +261,11 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 feature"``, ``"3 features"``."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _progress(args: argparse.Namespace) -> bool | None:
     # None: tqdm shows the bar only when stderr is a terminal.
     return False if args.no_progress else None
@@ -318,6 +324,26 @@ def _check_writable(root: str, storage_options: Any) -> None:
                 pass
 
 
+def _report_ignored(source: Any) -> None:
+    """Say on stderr what the sources held that was not read (nothing is left out silently)."""
+    from .sources import IMAGE_FORMATS
+
+    if source.ignored_columns:
+        cols = source.ignored_columns
+        sys.stderr.write(
+            f"{PROG}: note: left out {_count(len(cols), 'non-numeric column')}: "
+            f"{', '.join(cols[:5])}{' ...' if len(cols) > 5 else ''} (choose columns with "
+            f"--columns, or --image-column for encoded images)\n"
+        )
+    if source.ignored_files:
+        files = source.ignored_files
+        sys.stderr.write(
+            f"{PROG}: note: ignored {_count(len(files), 'file')} of other types in the "
+            f"folders: {', '.join(files[:3])}{' ...' if len(files) > 3 else ''} (read: "
+            f"Parquet, images ({IMAGE_FORMATS}), .npy)\n"
+        )
+
+
 def _cmd_compute(args: argparse.Namespace) -> int:
     from . import engine
     from .layout import parse_layout
@@ -358,14 +384,15 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     if run.skipped:
         shown = "; ".join(f"{w} ({r})" for w, r in run.skipped[:3])
         more = f"; and {len(run.skipped) - 3} more" if len(run.skipped) > 3 else ""
-        sys.stderr.write(f"{PROG}: skipped {len(run.skipped)} undecodable image(s): "
+        sys.stderr.write(f"{PROG}: skipped {_count(len(run.skipped), 'undecodable image')}: "
                          f"{shown}{more}\n")
+    _report_ignored(run.source)
     rate = run.nbytes / run.seconds if run.seconds > 0 else 0.0
     resumed = f", {run.resumed} from the checkpoint" if run.resumed else ""
     _out(
-        f"saved split {args.split!r} to {path}: {run.stats.n_features} features "
-        f"({run.stats.layout}, {run.stats.dtype}), {run.rows:,} {run.source.unit}, "
-        f"{run.shards} shard(s){resumed}, {_size(run.nbytes)} in {run.seconds:.2f} s "
+        f"saved split {args.split!r} to {path}: {_count(run.stats.n_features, 'feature')} "
+        f"({run.stats.layout}, {run.stats.dtype}), {_count(run.rows, run.source.unit[:-1])}, "
+        f"{_count(run.shards, 'shard')}{resumed}, {_size(run.nbytes)} in {run.seconds:.2f} s "
         f"({_size(rate)}/s)"
         + (f", {len(run.skipped)} skipped" if run.skipped else "")
     )
@@ -421,7 +448,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         stats = loaded[name]
         if i:
             _out()
-        _out(f"split {name}: {stats.n_features} features, layout {stats.layout}, "
+        _out(f"split {name}: {_count(stats.n_features, 'feature')}, layout {stats.layout}, "
              f"dtype {stats.dtype}")
         _out(report.format_table(rows))
     return 0
@@ -453,7 +480,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
          f"(threshold {args.threshold:g})")
     _out(report.format_table(renamed, header))
     flagged = result.flagged
-    _out(f"{len(flagged)} of {len(rows)} feature(s) beyond the threshold"
+    _out(f"{len(flagged)} of {_count(len(rows), 'feature')} beyond the threshold"
          + (f": {', '.join(flagged[:20])}" + (" ..." if len(flagged) > 20 else "")
             if flagged else ""))
     return status
@@ -486,6 +513,55 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+#: The library's messages name Python arguments and methods; on the command
+#: line they name flags and commands. One table, applied to every error the
+#: command line prints, so each message is written once, in the library.
+_FLAG_WORDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement) for pattern, replacement in (
+        (r"\bnan_policy=(['\"])(\w+)\1 \(--nan-policy \2\)", r"--nan-policy \2"),
+        (r"\bnan_policy=(['\"])(\w+)\1", r"--nan-policy \2"),
+        (r"\bpass histogram=False\b", "drop --histogram"),
+        (r"\bhistogram=False\b", "no --histogram"),
+        (r"\bhistogram=True\b", "--histogram"),
+        (r"\bpass overwrite=True\b", "pass --overwrite"),
+        (r"\boverwrite=True\b", "--overwrite"),
+        (r"\bskip_bad=True\b", "--skip-bad"),
+        (r"\bimage_mode=(['\"])(\w+)\1", r"--image-mode \2"),
+        (r"\bimage_column=", "--image-column "),
+        (r"\blayout=(['\"])(\w+)\1", r"--layout \2"),
+        (r"\bworkers=", "--workers "),
+        (r"\bsave it first with StatsStore\.save\b",
+         "create it first with: streamnorm compute SOURCE --store ROOT --split NAME"),
+        (r"\bwrite it (again )?with StatsStore\.save\b",
+         r"write it \1with: streamnorm compute SOURCE --store ROOT --split NAME --overwrite"),
+    )
+)
+
+
+def speak_flags(message: str) -> str:
+    """A library message as the command line says it: flags instead of arguments.
+
+    Examples
+    --------
+    >>> speak_flags("pass histogram=False for other dtypes")
+    'drop --histogram for other dtypes'
+    >>> speak_flags("use nan_policy='omit' to skip them")
+    'use --nan-policy omit to skip them'
+    """
+    for pattern, replacement in _FLAG_WORDS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+def _error_text(exc: StreamnormError) -> str:
+    from .sources import BadRecordError
+
+    text = speak_flags(_one_line(exc))
+    if isinstance(exc, BadRecordError) and "--skip-bad" not in text:
+        text += "; pass --skip-bad to skip undecodable images (they are counted and listed)"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 1, 2, or 3 for drift).
 
@@ -508,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamnormError as exc:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
+        sys.stderr.write(f"{PROG}: error: {_error_text(exc)}\n")
         return 1
     except OSError as exc:
         # Filesystem errors that escaped a more specific message (permissions,

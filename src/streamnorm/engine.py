@@ -470,6 +470,19 @@ class TqdmProgress:
             self._bar.close()
 
 
+def _check_one_bit_depth(source: Source, results: Mapping[str, ShardResult]) -> None:
+    """Refuse image shards of different bit depths (each shard checks its own images)."""
+    from .sources import mixed_bit_depths
+
+    seen: dict[str, str] = {}
+    for shard in sorted(source.shards, key=lambda s: s.id):
+        for part in results[shard.id].parts:
+            seen.setdefault(part.dtype, shard.where)
+    if len(seen) > 1:
+        (dtype_a, where_a), (dtype_b, where_b) = list(seen.items())[:2]
+        raise mixed_bit_depths(where_a, dtype_a, where_b, dtype_b)
+
+
 # ---------------------------------------------------------------------------
 # engines
 # ---------------------------------------------------------------------------
@@ -684,6 +697,8 @@ def compute(
         if bar is not None:
             bar.close()
     ordered = [results[s.id] for s in sorted(source.shards, key=lambda s: s.id)]
+    if source.unit == "images":
+        _check_one_bit_depth(source, results)
     stats = merge_results(ordered, source.feature_names)
     skipped = tuple(item for r in ordered for item in r.skipped)
     if stats is None:

@@ -516,26 +516,24 @@ def _one_line(exc: BaseException) -> str:
 #: The library's messages name Python arguments and methods; on the command
 #: line they name flags and commands. One table, applied to every error the
 #: command line prints, so each message is written once, in the library.
-_FLAG_WORDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+_FLAG_WORDS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
     (re.compile(pattern), replacement) for pattern, replacement in (
         (r"\bnan_policy=(['\"])(\w+)\1 \(--nan-policy \2\)", r"--nan-policy \2"),
-        (r"\bnan_policy=(['\"])(\w+)\1", r"--nan-policy \2"),
-        (r"\bpass histogram=False\b", "drop --histogram"),
-        (r"\bhistogram=False\b", "no --histogram"),
-        (r"\bhistogram=True\b", "--histogram"),
-        (r"\bpass overwrite=True\b", "pass --overwrite"),
-        (r"\boverwrite=True\b", "--overwrite"),
-        (r"\bskip_bad=True\b", "--skip-bad"),
-        (r"\bimage_mode=(['\"])(\w+)\1", r"--image-mode \2"),
-        (r"\bimage_column=", "--image-column "),
-        (r"\blayout=(['\"])(\w+)\1", r"--layout \2"),
-        (r"\bworkers=", "--workers "),
+        # every keyword argument the command line has is a flag of the same name
+        (r"\bpass ([a-z]+(?:_[a-z]+)*)=False\b", lambda m: f"drop {_flag(m[1])}"),
+        (r"\b([a-z]+(?:_[a-z]+)*)=False\b", lambda m: f"no {_flag(m[1])}"),
+        (r"\b([a-z]+(?:_[a-z]+)*)=True\b", lambda m: _flag(m[1])),
+        (r"\b([a-z]+(?:_[a-z]+)*)=(['\"])([\w.-]+)\2", lambda m: f"{_flag(m[1])} {m[3]}"),
         (r"\bsave it first with StatsStore\.save\b",
          "create it first with: streamnorm compute SOURCE --store ROOT --split NAME"),
         (r"\bwrite it (again )?with StatsStore\.save\b",
          r"write it \1with: streamnorm compute SOURCE --store ROOT --split NAME --overwrite"),
     )
 )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def speak_flags(message: str) -> str:

@@ -592,8 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         sys.stderr.write(f"{PROG}: error: {where}{exc.strerror or _one_line(exc)}\n")
         return 1
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+    except KeyboardInterrupt as exc:
+        # engine.Interrupted says how many shards were kept and how to resume
+        sys.stderr.write(f"{PROG}: {_one_line(exc) if str(exc) else 'interrupted'}\n")
         return 130
 
 

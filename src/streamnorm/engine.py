@@ -35,12 +35,13 @@ Examples
 --------
 >>> import tempfile, numpy as np, pyarrow as pa, pyarrow.parquet as pq
 >>> from streamnorm import engine
->>> d = tempfile.mkdtemp()
+>>> tmp = tempfile.TemporaryDirectory(); d = tmp.name
 >>> x = np.arange(1000, dtype=np.int32)
 >>> pq.write_table(pa.table({"x": x}), f"{d}/a.parquet", row_group_size=100)
 >>> run = engine.compute([d], workers=2, shard_bytes=1)
 >>> run.shards, run.rows, run.stats.mean.tolist() == [x.mean()]
 (10, 1000, True)
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations

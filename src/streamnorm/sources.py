@@ -49,13 +49,14 @@ Examples
 --------
 >>> import tempfile, numpy as np, pyarrow as pa, pyarrow.parquet as pq
 >>> from streamnorm.sources import open_source
->>> d = tempfile.mkdtemp()
+>>> tmp = tempfile.TemporaryDirectory(); d = tmp.name
 >>> pq.write_table(pa.table({"x": np.arange(10.0), "y": np.arange(10)}), f"{d}/t.parquet")
 >>> src = open_source([d])
 >>> src.kind, src.layout, src.feature_names, len(src.shards)
 ('parquet', 'NF', ('x', 'y'), 1)
 >>> src.shards[0].compute().stats.mean.tolist()
 [4.5, 4.5]
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -490,13 +491,14 @@ class Shard:
     --------
     >>> import pickle, tempfile, numpy as np
     >>> from streamnorm.sources import open_source
-    >>> path = tempfile.mkdtemp() + "/a.npy"
+    >>> tmp = tempfile.TemporaryDirectory(); path = tmp.name + "/a.npy"
     >>> np.save(path, np.arange(12.0).reshape(6, 2))
     >>> shard = open_source([path]).shards[0]
     >>> pickle.loads(pickle.dumps(shard)) == shard
     True
     >>> [b.shape for b in shard.batches()]
     [(6, 2)]
+    >>> tmp.cleanup()
     """
 
     kind: str

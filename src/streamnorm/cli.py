@@ -46,8 +46,11 @@ URLs of one kind:
   Parquet      numeric columns -> layout NF, one feature per column
                (--columns to choose; --image-column for encoded images;
                one fixed-size-list / tensor column with --layout)
-  PNG / JPEG   -> NHWC uint8 (RGB: gray repeated, alpha dropped; --image-mode L
-               for one luma channel); ImageFolder class folders are fine
+  images       PNG, JPEG, BMP, GIF, WebP, TIFF -> NHWC uint8; 16-bit PNG (gray,
+               RGB, with alpha, interlaced) and 16-bit gray TIFF -> NHWC uint16,
+               exactly (RGB: gray repeated, alpha dropped; --image-mode L for one
+               luma channel); ImageFolder class folders are fine; a folder mixing
+               8- and 16-bit images is an error
   .npy         memory-mapped; --layout says what it holds (default N or NF)
 
 examples:
@@ -150,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--columns", metavar="a,b",
                    help="Parquet columns to use (default: every numeric column)")
     c.add_argument("--image-column", metavar="COL",
-                   help="Parquet column of encoded PNG/JPEG images")
+                   help="Parquet column of encoded images (PNG, JPEG...)")
     c.add_argument("--image-mode", choices=("RGB", "L"), default="RGB",
                    help="decode images as RGB (default) or L (one luma channel)")
     c.add_argument("--histogram", action="store_true",

@@ -26,16 +26,21 @@ Parquet (``.parquet``, ``.pq``, ``.parq``)
     fixed-size lists, or Arrow's ``fixed_shape_tensor``) per row. A flat list
     of ``k`` values gives ``k`` features named ``col[0]``... (layout ``NF``);
     higher-rank tensors need ``layout=`` (e.g. ``"NCHW"``).
-    ``image_column=`` decodes a binary column of encoded PNG/JPEG images (or a
-    Hugging Face ``struct<bytes, path>`` image column) -> ``NHWC`` uint8.
-Images (``.png``, ``.jpg``, ``.jpeg``; folders searched recursively, so
-ImageFolder-style class folders work)
-    Decoded with Pillow to 8-bit ``NHWC``. ``image_mode="RGB"`` (default)
-    converts grayscale, palette and CMYK images to RGB (a gray value is
-    repeated in the three channels) and *drops* the alpha channel of RGBA/LA
-    images (no compositing). ``image_mode="L"`` gives one luma channel
-    (ITU-R 601-2 for colour images). 16-bit and floating-point images are
-    rejected rather than silently clipped to 8 bits; store those as ``.npy``.
+    ``image_column=`` decodes a binary column of encoded images (or a
+    Hugging Face ``struct<bytes, path>`` image column) -> ``NHWC``, as image files.
+Images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``,
+``.tiff``; folders searched recursively, so ImageFolder-style class folders work)
+    Decoded to ``NHWC`` uint8 (Pillow), or uint16 for 16-bit images, sample for
+    sample: 16-bit PNGs of every colour type (gray, gray+alpha, RGB, RGBA;
+    interlaced too) by :mod:`streamnorm._png`, 16-bit gray TIFFs by Pillow.
+    ``image_mode="RGB"`` (default) converts grayscale, palette and CMYK images
+    to RGB (a gray value is repeated in the three channels) and *drops* the
+    alpha channel of RGBA/LA images (no compositing). ``image_mode="L"`` gives
+    one luma channel (ITU-R 601-2 for colour images, in integers as Pillow
+    computes it, at 8 or 16 bits). Images that cannot be read exactly
+    (32-bit or floating-point samples, 16-bit colour TIFFs) and files with
+    several frames are bad records, never reduced silently; a source mixing
+    8-bit and 16-bit images is an error (their values are on different scales).
 ``.npy``
     Memory-mapped (``allow_pickle=False``); ``layout=`` says what the array
     holds (default ``"N"`` for 1-D, ``"NF"`` for 2-D arrays). Shards are row
@@ -544,7 +549,8 @@ class Shard:
 
         Tables give ``(rows, features)`` arrays (column dtypes promoted to a
         common type; nulls as NaN, so a batch whose integer column has nulls
-        is float64); images give one ``(1, H, W, C)`` uint8 array each.
+        is float64); images give one ``(1, H, W, C)`` uint8 (uint16 for 16-bit
+        images) array each.
         Undecodable images raise :class:`BadRecordError` unless ``skip_bad``.
         """
         if self.kind == "parquet" and self.options.image_column is None:
@@ -1230,7 +1236,7 @@ def open_source(
     ----------
     paths : str or sequence of str
         Files, folders (searched recursively), globs or fsspec URLs, all of
-        one kind: Parquet, images (PNG/JPEG) or ``.npy``.
+        one kind: Parquet, images (PNG, JPEG, BMP, GIF, WebP, TIFF) or ``.npy``.
     layout : str, optional
         What the data holds. Parquet numeric columns are always ``"NF"``;
         images ``"NHWC"``; ``.npy`` defaults to ``"N"`` (1-D) / ``"NF"`` (2-D)
@@ -1239,8 +1245,8 @@ def open_source(
     columns : sequence of str, optional
         Parquet columns to reduce. Default: every integer and float column.
     image_column : str, optional
-        Parquet column of encoded PNG/JPEG images (binary, or a struct with a
-        ``bytes`` field) -> ``NHWC`` uint8.
+        Parquet column of encoded images (binary, or a struct with a ``bytes``
+        field) -> ``NHWC`` uint8, or uint16 for 16-bit images.
     image_mode : {"RGB", "L"}
         Colour handling of decoded images (see the module notes).
     storage_options : mapping, optional
@@ -1303,7 +1309,7 @@ def _open_files(
                                     shard_bytes, batch_bytes)
     if kind == "image":
         if layout not in (None, "NHWC"):
-            raise LayoutError(f"images are read as 'NHWC' uint8; drop --layout {layout!r}")
+            raise LayoutError(f"images are read as 'NHWC'; drop --layout {layout!r}")
         options = ReadOptions(layout="NHWC", image_mode=image_mode, batch_bytes=batch_bytes)
         shards = tuple(
             Shard("image", tuple(infos[i:i + images_per_shard]), 0, 0, options, so,
@@ -1376,7 +1382,7 @@ def _open_parquet_source(
         if columns:
             raise SourceError("pass either columns or an image column, not both")
         if layout not in (None, "NHWC"):
-            raise LayoutError(f"an image column is read as 'NHWC' uint8; drop --layout {layout!r}")
+            raise LayoutError(f"an image column is read as 'NHWC'; drop --layout {layout!r}")
         selected: tuple[str, ...] = (image_column,)
         out_layout = "NHWC"
         feature_names = None

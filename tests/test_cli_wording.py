@@ -73,6 +73,13 @@ def test_no_boolean_argument_survives(name, value, before, after):
     assert "--" + name.replace("_", "-") in said
 
 
+@pytest.mark.parametrize("message", ["ddof=True is not an integer", "threads=False",
+                                     "got dtype='float32'"])
+def test_arguments_without_a_flag_are_left_alone(message):
+    # only arguments the command line has a flag for are translated
+    assert speak_flags(message) == message
+
+
 def test_missing_split_speaks_the_compute_command(tmp_path):
     root = tmp_path / "store"
     sn.StatsStore(root).save(sn.compute_stats([np.ones((2, 1))], layout="NF"), "train")

@@ -11,6 +11,7 @@ adds the traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -517,26 +518,33 @@ def _one_line(exc: BaseException) -> str:
 
 
 #: The library's messages name Python arguments and methods; on the command
-#: line they name flags and commands. One table, applied to every error the
-#: command line prints, so each message is written once, in the library.
-_FLAG_WORDS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
-    (re.compile(pattern), replacement) for pattern, replacement in (
-        (r"\bnan_policy=(['\"])(\w+)\1 \(--nan-policy \2\)", r"--nan-policy \2"),
-        # every keyword argument the command line has is a flag of the same name
-        (r"\bpass ([a-z]+(?:_[a-z]+)*)=False\b", lambda m: f"drop {_flag(m[1])}"),
-        (r"\b([a-z]+(?:_[a-z]+)*)=False\b", lambda m: f"no {_flag(m[1])}"),
-        (r"\b([a-z]+(?:_[a-z]+)*)=True\b", lambda m: _flag(m[1])),
-        (r"\b([a-z]+(?:_[a-z]+)*)=(['\"])([\w.-]+)\2", lambda m: f"{_flag(m[1])} {m[3]}"),
-        (r"\bsave it first with StatsStore\.save\b",
-         "create it first with: streamnorm compute SOURCE --store ROOT --split NAME"),
-        (r"\bwrite it (again )?with StatsStore\.save\b",
-         r"write it \1with: streamnorm compute SOURCE --store ROOT --split NAME --overwrite"),
-    )
+#: line they name flags and commands. Keyword arguments become the flag of the
+#: same name (``nan_policy='omit'`` -> ``--nan-policy omit``) when the parser
+#: has that flag; methods become the command that does their job. Applied to
+#: every error the command line prints, so each message is written once, in
+#: the library.
+_ARGUMENT = r"\b([a-z]+(?:_[a-z]+)*)"
+_COMMANDS: tuple[tuple[str, str], ...] = (
+    (r"\bsave it first with StatsStore\.save\b",
+     "create it first with: streamnorm compute SOURCE --store ROOT --split NAME"),
+    (r"\bwrite it (again )?with StatsStore\.save\b",
+     r"write it \1with: streamnorm compute SOURCE --store ROOT --split NAME --overwrite"),
 )
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+@functools.lru_cache(maxsize=1)
+def _flag_names() -> frozenset[str]:
+    """Every long option of every command, as Python names: ``{"nan_policy", ...}``."""
+    names = set()
+    parsers = [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            names.update(o[2:].replace("-", "_") for o in action.option_strings
+                         if o.startswith("--"))
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return frozenset(names)
 
 
 def speak_flags(message: str) -> str:
@@ -548,9 +556,27 @@ def speak_flags(message: str) -> str:
     'drop --histogram for other dtypes'
     >>> speak_flags("use nan_policy='omit' to skip them")
     'use --nan-policy omit to skip them'
+    >>> speak_flags("ddof=True is not an integer")  # no such flag: left as it is
+    'ddof=True is not an integer'
     """
-    for pattern, replacement in _FLAG_WORDS:
-        message = pattern.sub(replacement, message)
+    flags = _flag_names()
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    def swap(pattern: str, say: Any) -> None:
+        nonlocal message
+        message = re.sub(pattern, lambda m: say(m) if m[1] in flags else m[0], message)
+
+    # a message that names the flag already: "nan_policy='omit' (--nan-policy omit)"
+    message = re.sub(_ARGUMENT + r"=(['\"])([\w.-]+)\2 \((--[\w-]+ [\w.-]+)\)",
+                     lambda m: m[4] if m[1] in flags else m[0], message)
+    swap(r"\bpass " + _ARGUMENT[2:] + r"=False\b", lambda m: f"drop {flag(m[1])}")
+    swap(_ARGUMENT + r"=False\b", lambda m: f"no {flag(m[1])}")
+    swap(_ARGUMENT + r"=True\b", lambda m: flag(m[1]))
+    swap(_ARGUMENT + r"=(['\"])([\w.-]+)\2", lambda m: f"{flag(m[1])} {m[3]}")
+    for pattern, replacement in _COMMANDS:
+        message = re.sub(pattern, replacement, message)
     return message
 
 

@@ -530,7 +530,8 @@ def _children_ignore_sigint() -> Iterator[None]:
     each die with a traceback while the parent stops the pass in order. An
     ignored SIGINT is inherited through ``exec``, and Python leaves it
     ignored, so only this process sees it. The parent's own handler is back
-    as soon as the block ends.
+    as soon as the block ends; a Ctrl-C pressed within the block (while a
+    local cluster starts its workers: seconds) is lost and must be repeated.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be changed from the main thread
@@ -577,7 +578,7 @@ def _run_local(
             raise
 
 
-class LocalDask:
+class _LocalDask:
     """A Dask ``LocalCluster`` of worker processes, its client and its scratch folder.
 
     Workers and scheduler keep their files (locks, spilled data) in a new
@@ -623,7 +624,7 @@ class LocalDask:
 
 
 def _dask_client(scheduler: Any, workers: int | None,
-                 timeout: str = "20s") -> tuple[Any, LocalDask | None]:
+                 timeout: str = "20s") -> tuple[Any, _LocalDask | None]:
     try:
         from distributed import Client
     except ImportError as exc:
@@ -640,7 +641,7 @@ def _dask_client(scheduler: Any, workers: int | None,
                 f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())}); "
                 f"check the address (tcp://host:port) and that the scheduler is running"
             ) from exc
-    local = LocalDask(workers)
+    local = _LocalDask(workers)
     return local.client, local
 
 

@@ -219,3 +219,16 @@ def test_mixed_8_and_16_bit_images_are_refused(tmp_path):
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "zz-8bit.png is 8-bit" in lines[0] and "16-bit" in lines[0]
+
+
+def test_parquet_image_column_of_16bit_pngs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(11)
+    images = [rng.integers(0, 65536, (4, 5, c), dtype=np.uint16) for c in (3, 4, 1)]
+    pq.write_table(pa.table({"image": [png16_bytes(im) for im in images]}),
+                   tmp_path / "t.parquet")
+    run = engine.compute([tmp_path / "t.parquet"], image_column="image", workers=1)
+    assert run.rows == 3
+    assert_exact(run.stats, [expected(im, "RGB") for im in images])

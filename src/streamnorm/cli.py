@@ -304,13 +304,16 @@ def _check_writable(root: str, storage_options: Any) -> None:
     """
     import uuid
 
-    from .fsutil import resolve_url, write_bytes_atomic
+    from .fsutil import is_local, resolve_url, write_bytes_atomic
 
     fs, path = resolve_url(root, storage_options)
-    created = _missing_folders(fs, path)
+    # Object stores have no folders to make (and makedirs could create a
+    # bucket): the probe is written exactly as the statistics will be.
+    created = _missing_folders(fs, path) if is_local(fs) else []
     probe = f"{path}/_streamnorm-write-check-{uuid.uuid4().hex}"
     try:
-        fs.makedirs(path, exist_ok=True)
+        if is_local(fs):
+            fs.makedirs(path, exist_ok=True)
         write_bytes_atomic(fs, probe, b"", overwrite=True)
         fs.rm(probe)
     except (OSError, NotImplementedError, ValueError) as exc:

@@ -75,3 +75,77 @@ def run_cli(*args: str, cwd: str | None = None, timeout: float = 120,
         [sys.executable, "-m", "streamnorm", *args], check=False, capture_output=True, text=True,
         timeout=timeout, cwd=cwd, env=full_env,
     )
+
+
+# -- an independent 16-bit PNG writer (numpy + zlib, all five filters, Adam7) ----------
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
+
+
+def _filter_row(raw: np.ndarray, prior: np.ndarray, bpp: int, kind: int) -> np.ndarray:
+    """Forward PNG filter ``kind`` of one row (int arrays), vectorised, mod 256."""
+    left = np.concatenate([np.zeros(bpp, np.int64), raw[:-bpp]])
+    upleft = np.concatenate([np.zeros(bpp, np.int64), prior[:-bpp]])
+    if kind == 0:
+        pred = np.zeros_like(raw)
+    elif kind == 1:
+        pred = left
+    elif kind == 2:
+        pred = prior
+    elif kind == 3:
+        pred = (left + prior) // 2
+    else:
+        p = left + prior - upleft
+        pa, pb, pc = np.abs(p - left), np.abs(p - prior), np.abs(p - upleft)
+        pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prior, upleft))
+    return ((raw - pred) % 256).astype(np.uint8)
+
+
+def _filtered(image: np.ndarray, filters: np.ndarray) -> bytes:
+    h, w, c = image.shape
+    bpp = 2 * c
+    rows = image.astype(">u2").view(np.uint8).reshape(h, w * bpp).astype(np.int64)
+    out = bytearray()
+    prior = np.zeros(w * bpp, np.int64)
+    for y in range(h):
+        kind = int(filters[y % len(filters)])
+        out.append(kind)
+        out += _filter_row(rows[y], prior, bpp, kind).tobytes()
+        prior = rows[y]
+    return bytes(out)
+
+
+def png16_bytes(image: np.ndarray, filters=(0, 1, 2, 3, 4), interlace: bool = False,
+                idat_pieces: int = 1) -> bytes:
+    """A 16-bit PNG of ``image`` ((H, W, C) uint16, C in 1-4), written by hand.
+
+    Row ``y`` (of each Adam7 pass when ``interlace``) uses filter
+    ``filters[y % len(filters)]``; the zlib stream is cut into ``idat_pieces``
+    IDAT chunks. Independent of streamnorm's reader and of Pillow.
+    """
+    import struct
+    import zlib
+
+    image = np.asarray(image, dtype=np.uint16)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    h, w, c = image.shape
+    filters = np.asarray(filters)
+    if interlace:
+        stream = b"".join(_filtered(image[y0::dy, x0::dx], filters)
+                          for x0, y0, dx, dy in _ADAM7
+                          if image[y0::dy, x0::dx].size)
+    else:
+        stream = _filtered(image, filters)
+    data = zlib.compress(stream, 6)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
+    step = max(1, -(-len(data) // idat_pieces))
+    idats = b"".join(chunk(b"IDAT", data[i:i + step]) for i in range(0, len(data), step))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, _COLOR_TYPES[c], 0, 0, 1 if interlace else 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idats + chunk(b"IEND", b"")

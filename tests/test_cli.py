@@ -59,7 +59,10 @@ def compute(capsys, data, split, source, *extra):
 def test_compute_parquet_then_show_formats(capsys, data):
     code, out, err = compute(capsys, data, "train", data["tables"] / "train.parquet")
     assert code == 0, err
-    assert "saved split 'train'" in out and "500 rows" in out and err == ""
+    assert "saved split 'train'" in out and "500 rows" in out and "1 shard," in out
+    assert one_line_error(err) == ("streamnorm: note: left out 1 non-numeric column: name (string) "
+                                   "(choose columns with --columns, or --image-column for encoded "
+                                   "images)")
     store = sn.StatsStore(data["tmp"] / "store")
     stats = store.load("train")
     assert stats.feature_names == ("i32", "u8", "f32", "f64")
@@ -110,7 +113,7 @@ def test_diff_flags_the_drifted_split(capsys, data):
     assert doc["flagged"] == ["0", "1", "2"]
     assert all(f["ks"] > 0.1 and f["smd"] > 0.1 for f in doc["features"])
     code, out, _ = cli(capsys, "diff", root, "train", "train")
-    assert code == 0 and "0 of 3 feature(s) beyond the threshold" in out
+    assert code == 0 and "0 of 3 features beyond the threshold" in out
     assert "smd" in out.splitlines()[1] and "mean(train)" in out.splitlines()[1]
     code, out, _ = cli(capsys, "diff", root, "train", "test", "--threshold", "5")
     assert "0 of 3" in out
@@ -180,7 +183,7 @@ def test_data_errors_are_one_line_exit_1(capsys, data):
     cases = [
         ([str(tmp / "missing.parquet")], "missing.parquet: no such file or directory"),
         ([str(tmp / "fake.parquet")], "fake.parquet: not a readable Parquet file"),
-        ([str(tmp / "data.csv")], "data.csv: not a Parquet, PNG/JPEG or .npy file"),
+        ([str(tmp / "data.csv")], "data.csv: not a Parquet, image (PNG, JPEG, BMP, GIF, WebP, TIFF) or .npy file"),
         ([str(tmp / "dangling")], "gone.parquet: not a readable Parquet file"),
         ([str(tmp / "strings.parquet")], "strings.parquet: no numeric columns"),
         ([str(bad_images), "--workers", "1"], "corrupt.png: cannot decode image"),
@@ -200,7 +203,7 @@ def test_skip_bad_counts_undecodable_images(capsys, data):
     (bad / "b" / "zz.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     code, out, err = compute(capsys, data, "train", bad, "--skip-bad", "--workers", "1")
     assert code == 0
-    assert "skipped 1 undecodable image(s)" in one_line_error(err) and "zz.jpg" in err
+    assert "skipped 1 undecodable image:" in one_line_error(err) and "zz.jpg" in err
     assert "4 images" in out and "1 skipped" in out
 
 

@@ -33,12 +33,16 @@ def table_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dask_client():
+def dask_client(tmp_path_factory):
+    import dask
+
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
-        protocol="tcp://", host="127.0.0.1",
-    )
+    scratch = tmp_path_factory.mktemp("dask")  # not <tmp>/dask-scratch-space
+    with dask.config.set({"temporary-directory": str(scratch)}):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
+            protocol="tcp://", host="127.0.0.1", local_directory=str(scratch),
+        )
     client = distributed.Client(cluster, set_as_default=False)
     yield client
     client.close()
@@ -228,12 +232,14 @@ def test_source_object_can_be_passed(table_dir):
 
 
 def test_local_cluster_binds_no_fixed_port():
-    client, cluster = engine._dask_client(None, 1)
+    client, local = engine._dask_client(None, 1)
     try:
+        cluster = local.cluster
         ports = {sock.getsockname()[1] for sock in
                  cluster.scheduler.services["dashboard"]._sockets.values()}
         assert 8787 not in ports and all(p > 0 for p in ports)
         assert not cluster.scheduler.address.endswith(":8786")
+        assert os.path.isdir(local.directory)
     finally:
-        client.close()
-        cluster.close()
+        local.close()
+    assert not os.path.exists(local.directory)

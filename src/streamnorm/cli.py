@@ -2,15 +2,18 @@
 
 Exit status: 0 on success, 2 for usage errors (bad options, bad split names,
 bad layouts), 1 for data errors (missing or unreadable files, undecodable
-images, no numeric columns, a split that exists already...). Errors are one
-line on stderr that names the file and the problem; ``--debug`` adds the
-traceback.
+images, no numeric columns, a split that exists already...), 3 when
+``diff --fail-on-drift`` flags a feature. Errors are one line on stderr that
+names the file and the problem, in terms of the command's flags; ``--debug``
+adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import re
 import sys
 import tempfile
 import traceback
@@ -34,7 +37,8 @@ examples:
   streamnorm diff stats/ train test
   streamnorm plot stats/ --out stats.png
 
-exit status: 0 ok, 1 data error (one line on stderr naming the file), 2 usage error.
+exit status: 0 ok, 1 data error (one line on stderr naming the file), 2 usage error,
+3 drift found by diff --fail-on-drift.
 """
 
 EPILOG_COMPUTE = """\
@@ -43,8 +47,11 @@ URLs of one kind:
   Parquet      numeric columns -> layout NF, one feature per column
                (--columns to choose; --image-column for encoded images;
                one fixed-size-list / tensor column with --layout)
-  PNG / JPEG   -> NHWC uint8 (RGB: gray repeated, alpha dropped; --image-mode L
-               for one luma channel); ImageFolder class folders are fine
+  images       PNG, JPEG, BMP, GIF, WebP, TIFF -> NHWC uint8; 16-bit PNG (gray,
+               RGB, with alpha, interlaced) and 16-bit gray TIFF -> NHWC uint16,
+               exactly (RGB: gray repeated, alpha dropped; --image-mode L for one
+               luma channel); ImageFolder class folders are fine; a folder mixing
+               8- and 16-bit images is an error
   .npy         memory-mapped; --layout says what it holds (default N or NF)
 
 examples:
@@ -60,6 +67,15 @@ examples:
 A run with --checkpoint can be killed at any time; run the same command again to
 resume: finished shards are not read again and the result is bit-identical.
 """
+
+
+#: Exit status of ``streamnorm diff --fail-on-drift`` when a feature is flagged:
+#: distinct from 1 (data error) and 2 (usage error), so a CI job can tell drift
+#: from a broken command.
+EXIT_DRIFT = 3
+
+JSON_NOTE = ("--format json writes valid JSON: NaN as null, infinities as the strings "
+             "\"inf\" and \"-inf\".")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--columns", metavar="a,b",
                    help="Parquet columns to use (default: every numeric column)")
     c.add_argument("--image-column", metavar="COL",
-                   help="Parquet column of encoded PNG/JPEG images")
+                   help="Parquet column of encoded images (PNG, JPEG...)")
     c.add_argument("--image-mode", choices=("RGB", "L"), default="RGB",
                    help="decode images as RGB (default) or L (one luma channel)")
     c.add_argument("--histogram", action="store_true",
@@ -167,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print per-feature count, mean, std, min, max and nan_count (and "
                     "quantiles when a histogram exists).",
         epilog="examples:\n  streamnorm show stats/\n  streamnorm show stats/ --split train "
-               "--format json",
+               "--format json\n\nNumbers are printed in full (the shortest text that reads "
+               "back to the same float64).\n" + JSON_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("root", metavar="ROOT")
@@ -183,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "threshold are flagged: |SMD| > T, std ratio outside [1/(1+T), 1+T], "
                     "KS > T.",
         epilog="examples:\n  streamnorm diff stats/ train test\n"
-               "  streamnorm diff stats/ train val --threshold 0.2 --format json",
+               "  streamnorm diff stats/ train val --threshold 0.2 --format json\n"
+               "  streamnorm diff stats/ train test --format csv > drift.csv\n"
+               "  streamnorm diff stats/ train test --fail-on-drift   # in CI\n\n"
+               f"exit status: 0 ok, {EXIT_DRIFT} features flagged (only with --fail-on-drift), "
+               "1 data error, 2 usage error.\n" + JSON_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("root", metavar="ROOT")
@@ -191,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("other", metavar="OTHER")
     d.add_argument("--threshold", type=_positive_float, default=0.1, metavar="T",
                    help="flag threshold (default 0.1)")
-    d.add_argument("--format", choices=("table", "json"), default="table")
+    d.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    d.add_argument("--fail-on-drift", action="store_true",
+                   help=f"exit with status {EXIT_DRIFT} when a feature is flagged (the report "
+                        f"is printed as usual); for CI jobs")
     d.add_argument("--storage-options", type=_storage_options, default=None, metavar="JSON")
     d.set_defaults(func=_cmd_diff)
 
@@ -241,6 +265,11 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 feature"``, ``"3 features"``."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _progress(args: argparse.Namespace) -> bool | None:
     # None: tqdm shows the bar only when stderr is a terminal.
     return False if args.no_progress else None
@@ -253,6 +282,73 @@ def _check_split(name: str) -> str:
         return check_split_name(name)
     except SplitNameError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _missing_folders(fs: Any, path: str) -> list[str]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while path and not fs.exists(path):
+        missing.append(path)
+        parent = path.rsplit("/", 1)[0] if "/" in path.strip("/") else ""
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _check_writable(root: str, storage_options: Any) -> None:
+    """Fail before the pass, not after it: write and remove a probe file at ``root``.
+
+    Folders the probe had to create are removed again, so a run that fails
+    later (bad data) leaves nothing behind.
+    """
+    import uuid
+
+    from .fsutil import is_local, resolve_url, write_bytes_atomic
+
+    fs, path = resolve_url(root, storage_options)
+    # Object stores have no folders to make (and makedirs could create a
+    # bucket): the probe is written exactly as the statistics will be.
+    created = _missing_folders(fs, path) if is_local(fs) else []
+    probe = f"{path}/_streamnorm-write-check-{uuid.uuid4().hex}"
+    try:
+        if is_local(fs):
+            fs.makedirs(path, exist_ok=True)
+        write_bytes_atomic(fs, probe, b"", overwrite=True)
+        fs.rm(probe)
+    except (OSError, NotImplementedError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
+        raise StreamnormError(
+            f"{root}: cannot write to the store ({reason}); nothing was computed: fix the "
+            f"permissions or pass another --store"
+        ) from exc
+    finally:
+        for folder in created:  # deepest first; only the empty folders made above
+            try:
+                if fs.exists(folder) and not fs.ls(folder):
+                    fs.rmdir(folder)
+            except OSError:
+                pass
+
+
+def _report_ignored(source: Any) -> None:
+    """Say on stderr what the sources held that was not read (nothing is left out silently)."""
+    from .sources import IMAGE_FORMATS
+
+    if source.ignored_columns:
+        cols = source.ignored_columns
+        sys.stderr.write(
+            f"{PROG}: note: left out {_count(len(cols), 'non-numeric column')}: "
+            f"{', '.join(cols[:5])}{' ...' if len(cols) > 5 else ''} (choose columns with "
+            f"--columns, or --image-column for encoded images)\n"
+        )
+    if source.ignored_files:
+        files = source.ignored_files
+        sys.stderr.write(
+            f"{PROG}: note: ignored {_count(len(files), 'file')} of other types in the "
+            f"folders: {', '.join(files[:3])}{' ...' if len(files) > 3 else ''} (read: "
+            f"Parquet, images ({IMAGE_FORMATS}), .npy)\n"
+        )
 
 
 def _cmd_compute(args: argparse.Namespace) -> int:
@@ -282,6 +378,7 @@ def _cmd_compute(args: argparse.Namespace) -> int:
             f"{store.url(args.split)}: the store already has split {args.split!r}; pass "
             f"--overwrite to replace it, or choose another --split"
         )
+    _check_writable(args.store, so)
     run = engine.compute(
         args.sources, layout=args.layout, columns=columns, image_column=args.image_column,
         image_mode=args.image_mode, storage_options=so, histogram=args.histogram,
@@ -294,14 +391,15 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     if run.skipped:
         shown = "; ".join(f"{w} ({r})" for w, r in run.skipped[:3])
         more = f"; and {len(run.skipped) - 3} more" if len(run.skipped) > 3 else ""
-        sys.stderr.write(f"{PROG}: skipped {len(run.skipped)} undecodable image(s): "
+        sys.stderr.write(f"{PROG}: skipped {_count(len(run.skipped), 'undecodable image')}: "
                          f"{shown}{more}\n")
+    _report_ignored(run.source)
     rate = run.nbytes / run.seconds if run.seconds > 0 else 0.0
     resumed = f", {run.resumed} from the checkpoint" if run.resumed else ""
     _out(
-        f"saved split {args.split!r} to {path}: {run.stats.n_features} features "
-        f"({run.stats.layout}, {run.stats.dtype}), {run.rows:,} {run.source.unit}, "
-        f"{run.shards} shard(s){resumed}, {_size(run.nbytes)} in {run.seconds:.2f} s "
+        f"saved split {args.split!r} to {path}: {_count(run.stats.n_features, 'feature')} "
+        f"({run.stats.layout}, {run.stats.dtype}), {_count(run.rows, run.source.unit[:-1])}, "
+        f"{_count(run.shards, 'shard')}{resumed}, {_size(run.nbytes)} in {run.seconds:.2f} s "
         f"({_size(rate)}/s)"
         + (f", {len(run.skipped)} skipped" if run.skipped else "")
     )
@@ -357,7 +455,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         stats = loaded[name]
         if i:
             _out()
-        _out(f"split {name}: {stats.n_features} features, layout {stats.layout}, "
+        _out(f"split {name}: {_count(stats.n_features, 'feature')}, layout {stats.layout}, "
              f"dtype {stats.dtype}")
         _out(report.format_table(rows))
     return 0
@@ -369,9 +467,16 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     loaded = _load_splits(args.root, [args.base, args.other], args.storage_options)
     result = report.diff(loaded[args.base], loaded[args.other], threshold=args.threshold,
                          names=(args.base, args.other))
+    status = EXIT_DRIFT if args.fail_on_drift and result.flagged else 0
     if args.format == "json":
         _out(report.to_json(result.to_dict()))
-        return 0
+        return status
+    if args.format == "csv":
+        columns = ["feature", "mean_base", "mean_other", "smd", "std_base", "std_other",
+                   "std_ratio", "ks", "flagged", "reasons"]
+        rows = [dict(r, reasons=";".join(r["reasons"])) for r in result.rows]
+        sys.stdout.write(report.to_csv(rows, columns))
+        return status
     columns = ["feature", "mean_base", "mean_other", "smd", "std_ratio", "ks", "flagged",
                "reasons"]
     rows = [dict(r, mean_base=r["mean_base"], mean_other=r["mean_other"]) for r in result.rows]
@@ -382,10 +487,10 @@ def _cmd_diff(args: argparse.Namespace) -> int:
          f"(threshold {args.threshold:g})")
     _out(report.format_table(renamed, header))
     flagged = result.flagged
-    _out(f"{len(flagged)} of {len(rows)} feature(s) beyond the threshold"
+    _out(f"{len(flagged)} of {_count(len(rows), 'feature')} beyond the threshold"
          + (f": {', '.join(flagged[:20])}" + (" ..." if len(flagged) > 20 else "")
             if flagged else ""))
-    return 0
+    return status
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -415,8 +520,80 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+#: The library's messages name Python arguments and methods; on the command
+#: line they name flags and commands. Keyword arguments become the flag of the
+#: same name (``nan_policy='omit'`` -> ``--nan-policy omit``) when the parser
+#: has that flag; methods become the command that does their job. Applied to
+#: every error the command line prints, so each message is written once, in
+#: the library.
+_ARGUMENT = r"\b([a-z]+(?:_[a-z]+)*)"
+_COMMANDS: tuple[tuple[str, str], ...] = (
+    (r"\bsave it first with StatsStore\.save\b",
+     "create it first with: streamnorm compute SOURCE --store ROOT --split NAME"),
+    (r"\bwrite it (again )?with StatsStore\.save\b",
+     r"write it \1with: streamnorm compute SOURCE --store ROOT --split NAME --overwrite"),
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _flag_names() -> frozenset[str]:
+    """Every long option of every command, as Python names: ``{"nan_policy", ...}``."""
+    names = set()
+    parsers = [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            names.update(o[2:].replace("-", "_") for o in action.option_strings
+                         if o.startswith("--"))
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return frozenset(names)
+
+
+def speak_flags(message: str) -> str:
+    """A library message as the command line says it: flags instead of arguments.
+
+    Examples
+    --------
+    >>> speak_flags("pass histogram=False for other dtypes")
+    'drop --histogram for other dtypes'
+    >>> speak_flags("use nan_policy='omit' to skip them")
+    'use --nan-policy omit to skip them'
+    >>> speak_flags("ddof=True is not an integer")  # no such flag: left as it is
+    'ddof=True is not an integer'
+    """
+    flags = _flag_names()
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    def swap(pattern: str, say: Any) -> None:
+        nonlocal message
+        message = re.sub(pattern, lambda m: say(m) if m[1] in flags else m[0], message)
+
+    # a message that names the flag already: "nan_policy='omit' (--nan-policy omit)"
+    message = re.sub(_ARGUMENT + r"=(['\"])([\w.-]+)\2 \((--[\w-]+ [\w.-]+)\)",
+                     lambda m: m[4] if m[1] in flags else m[0], message)
+    swap(r"\bpass " + _ARGUMENT[2:] + r"=False\b", lambda m: f"drop {flag(m[1])}")
+    swap(_ARGUMENT + r"=False\b", lambda m: f"no {flag(m[1])}")
+    swap(_ARGUMENT + r"=True\b", lambda m: flag(m[1]))
+    swap(_ARGUMENT + r"=(['\"])([\w.-]+)\2", lambda m: f"{flag(m[1])} {m[3]}")
+    for pattern, replacement in _COMMANDS:
+        message = re.sub(pattern, replacement, message)
+    return message
+
+
+def _error_text(exc: StreamnormError) -> str:
+    from .sources import BadRecordError
+
+    text = speak_flags(_one_line(exc))
+    if isinstance(exc, BadRecordError) and "--skip-bad" not in text:
+        text += "; pass --skip-bad to skip undecodable images (they are counted and listed)"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, 1 or 2).
+    """Run the command line; returns the exit status (0, 1, 2, or 3 for drift).
 
     Examples
     --------
@@ -437,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StreamnormError as exc:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
+        sys.stderr.write(f"{PROG}: error: {_error_text(exc)}\n")
         return 1
     except OSError as exc:
         # Filesystem errors that escaped a more specific message (permissions,
@@ -447,8 +624,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         sys.stderr.write(f"{PROG}: error: {where}{exc.strerror or _one_line(exc)}\n")
         return 1
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+    except KeyboardInterrupt as exc:
+        # engine.Interrupted says how many shards were kept and how to resume
+        sys.stderr.write(f"{PROG}: {_one_line(exc) if str(exc) else 'interrupted'}\n")
         return 130
 
 

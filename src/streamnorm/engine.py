@@ -35,23 +35,29 @@ Examples
 --------
 >>> import tempfile, numpy as np, pyarrow as pa, pyarrow.parquet as pq
 >>> from streamnorm import engine
->>> d = tempfile.mkdtemp()
+>>> tmp = tempfile.TemporaryDirectory(); d = tmp.name
 >>> x = np.arange(1000, dtype=np.int32)
 >>> pq.write_table(pa.table({"x": x}), f"{d}/a.parquet", row_group_size=100)
 >>> run = engine.compute([d], workers=2, shard_bytes=1)
 >>> run.shards, run.rows, run.stats.mean.tolist() == [x.mean()]
 (10, 1000, True)
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import shutil
+import signal
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import StreamnormError
@@ -71,6 +77,7 @@ __all__ = [
     "ENGINES",
     "Checkpoint",
     "CheckpointError",
+    "Interrupted",
     "RunResult",
     "TqdmProgress",
     "compute",
@@ -89,6 +96,33 @@ NAN_POLICIES = ("raise", "omit", "propagate")
 
 class CheckpointError(StreamnormError):
     """A checkpoint folder belongs to another run, or cannot be read or written."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A pass stopped by Ctrl-C (SIGINT); says what was kept and how to go on.
+
+    Attributes
+    ----------
+    done : int
+        Shards finished (resumed ones included) when the pass stopped.
+    total : int
+        Shards of the source.
+    checkpoint : str or None
+        The checkpoint folder holding the finished shards, if any.
+    """
+
+    def __init__(self, done: int, total: int, checkpoint: str | None) -> None:
+        self.done, self.total, self.checkpoint = done, total, checkpoint
+        if checkpoint is not None:
+            text = (f"interrupted: {done} of {total} shards are kept in the checkpoint "
+                    f"{checkpoint}; run the same command again to resume")
+        else:
+            text = (f"interrupted after {done} of {total} shards; nothing was kept (pass "
+                    f"--checkpoint DIR to make a run resumable)")
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.done, self.total, self.checkpoint))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -470,9 +504,43 @@ class TqdmProgress:
             self._bar.close()
 
 
+def _check_one_bit_depth(source: Source, results: Mapping[str, ShardResult]) -> None:
+    """Refuse image shards of different bit depths (each shard checks its own images)."""
+    from .sources import mixed_bit_depths
+
+    seen: dict[str, str] = {}
+    for shard in sorted(source.shards, key=lambda s: s.id):
+        for part in results[shard.id].parts:
+            seen.setdefault(part.dtype, shard.where)
+    if len(seen) > 1:
+        (dtype_a, where_a), (dtype_b, where_b) = list(seen.items())[:2]
+        raise mixed_bit_depths(where_a, dtype_a, where_b, dtype_b)
+
+
 # ---------------------------------------------------------------------------
 # engines
 # ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started inside this block ignore SIGINT.
+
+    Ctrl-C sends SIGINT to the whole process group: worker processes would
+    each die with a traceback while the parent stops the pass in order. An
+    ignored SIGINT is inherited through ``exec``, and Python leaves it
+    ignored, so only this process sees it. The parent's own handler is back
+    as soon as the block ends; a Ctrl-C pressed within the block (while a
+    local cluster starts its workers: seconds) is lost and must be repeated.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be changed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_local(
@@ -499,7 +567,8 @@ def _run_local(
     else:
         pool = cf.ThreadPoolExecutor(min(workers, len(shards)), thread_name_prefix="streamnorm")
     with pool:
-        futures = [pool.submit(compute_shard, shard, **kwargs) for shard in shards]
+        with _children_ignore_sigint():  # the process pool starts its workers on submit
+            futures = [pool.submit(compute_shard, shard, **kwargs) for shard in shards]
         try:
             for future in cf.as_completed(futures):
                 on_result(_fresh(future.result()) if processes else future.result())
@@ -509,9 +578,55 @@ def _run_local(
             raise
 
 
-def _dask_client(scheduler: Any, workers: int | None, timeout: str = "20s") -> tuple[Any, Any]:
-    try:
+class _LocalDask:
+    """A Dask ``LocalCluster`` of worker processes, its client and its scratch folder.
+
+    Workers and scheduler keep their files (locks, spilled data) in a new
+    temporary folder instead of ``<tmp>/dask-scratch-space``; :meth:`close`
+    stops the cluster and removes the folder.
+    """
+
+    def __init__(self, workers: int | None) -> None:
+        import dask
         from distributed import Client, LocalCluster
+
+        self.directory = tempfile.mkdtemp(prefix="streamnorm-dask-")
+        try:
+            # The scheduler takes its folder from the config, workers from the argument.
+            with dask.config.set({"temporary-directory": self.directory}), \
+                    _children_ignore_sigint():
+                # No fixed port: the scheduler's HTTP server (dashboard) binds a
+                # random local one (dashboard_address=None would still bind :8787).
+                self.cluster = LocalCluster(
+                    n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                    processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                    local_directory=self.directory,
+                )
+            self.client = Client(self.cluster, set_as_default=False)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Stop the client and the cluster, quietly, and remove the scratch folder."""
+        # Tasks cancelled by an interrupt make the closing cluster log their
+        # fate at ERROR level; the pass has said what happened already.
+        quiet = logging.getLogger("distributed")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            with _children_ignore_sigint():  # and a second Ctrl-C cannot cut the cleanup short
+                self.client.close()
+                self.cluster.close()
+        finally:
+            quiet.setLevel(level)
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _dask_client(scheduler: Any, workers: int | None,
+                 timeout: str = "20s") -> tuple[Any, _LocalDask | None]:
+    try:
+        from distributed import Client
     except ImportError as exc:
         raise StreamnormError(
             "the dask engine needs Dask distributed: pip install 'streamnorm[dask]'"
@@ -526,13 +641,8 @@ def _dask_client(scheduler: Any, workers: int | None, timeout: str = "20s") -> t
                 f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())}); "
                 f"check the address (tcp://host:port) and that the scheduler is running"
             ) from exc
-    # No fixed port: the scheduler's HTTP server (dashboard) binds a random
-    # local one (dashboard_address=None would still bind :8787).
-    cluster = LocalCluster(
-        n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
-    )
-    return Client(cluster, set_as_default=False), cluster
+    local = _LocalDask(workers)
+    return local.client, local
 
 
 def _run_dask(
@@ -541,7 +651,7 @@ def _run_dask(
 ) -> None:
     from distributed import as_completed
 
-    client, cluster = _dask_client(scheduler, workers)
+    client, local = _dask_client(scheduler, workers)
     try:
         futures = client.map(
             compute_shard, list(shards), pure=False,
@@ -557,9 +667,8 @@ def _run_dask(
             client.cancel(futures)
             raise
     finally:
-        if cluster is not None:
-            client.close()
-            cluster.close()
+        if local is not None:
+            local.close()
 
 
 # ---------------------------------------------------------------------------
@@ -671,19 +780,23 @@ def compute(
     resumed = len(source.shards) - len(pending)
     try:
         if pending:
-            if engine == "local":
+            if engine == "dask":
+                _run_dask(pending, workers, scheduler, kwargs, on_result)
+            else:
                 heavy = source.kind == "image" or source.options.image_column is not None
                 n_workers = workers or os.cpu_count() or 1
                 small = sum(s.nbytes for s in pending) < PROCESS_POOL_MIN_BYTES
                 if heavy and small and workers is None:
                     n_workers = 1  # decoding holds the GIL; starting processes would cost more
                 _run_local(pending, n_workers, heavy, kwargs, on_result)
-            else:
-                _run_dask(pending, workers, scheduler, kwargs, on_result)
+    except KeyboardInterrupt:
+        raise Interrupted(len(results), len(source.shards), checkpoint) from None
     finally:
         if bar is not None:
             bar.close()
     ordered = [results[s.id] for s in sorted(source.shards, key=lambda s: s.id)]
+    if source.unit == "images":
+        _check_one_bit_depth(source, results)
     stats = merge_results(ordered, source.feature_names)
     skipped = tuple(item for r in ordered for item in r.skipped)
     if stats is None:

@@ -53,6 +53,8 @@ __all__ = [
     "QUANTILES",
     "Diff",
     "diff",
+    "feature_groups",
+    "figure",
     "format_table",
     "ks_distance",
     "plot",
@@ -262,7 +264,10 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return f"{value:.6g}"
+        # The shortest text that reads back to the same float64: a table
+        # that rounds hides the digits a reader compares (10000.002 is not 10000).
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -297,9 +302,45 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     return "\n".join([line(columns), *(line(r) for r in cells)])
 
 
+def _json_value(value: Any) -> Any:
+    """``value`` with every number made valid JSON (see :func:`to_json`)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def to_json(value: Any) -> str:
-    """JSON with NaN as null (valid JSON for any reader)."""
-    return json.dumps(value, indent=2, allow_nan=False, default=_num)
+    """Valid JSON for any reader (RFC 8259 has no NaN or Infinity).
+
+    NaN becomes ``null``; +-infinity becomes the strings ``"inf"`` and
+    ``"-inf"`` (which ``float()`` reads back). Finite floats are written
+    as the shortest text that reads back to the same float64.
+
+    Examples
+    --------
+    >>> print(to_json({"mean": [1.5, float("inf"), float("nan")]}))
+    {
+      "mean": [
+        1.5,
+        "inf",
+        null
+      ]
+    }
+    """
+    return json.dumps(_json_value(value), indent=2, allow_nan=False)
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -330,6 +371,128 @@ def _matplotlib() -> Any:
     return Figure, FigureCanvasAgg
 
 
+def feature_groups(stats_by_split: Mapping[str, Stats]) -> list[list[str]]:
+    """Splits grouped by their features (layout and names), in order of first appearance.
+
+    Splits in one group are plotted side by side in one panel; every group
+    gets its own panel, so no split's features are dropped.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> a = sn.compute_stats([np.ones((2, 2))], layout="NF")
+    >>> b = sn.compute_stats([np.ones((2, 3))], layout="NF")
+    >>> feature_groups({"train": a, "test": a, "extra": b})
+    [['train', 'test'], ['extra']]
+    """
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for split, stats in stats_by_split.items():
+        groups.setdefault((stats.layout, tuple(stats.feature_names)), []).append(split)
+    return list(groups.values())
+
+
+def _stats_panel(ax: Any, stats_by_split: Mapping[str, Stats], splits: Sequence[str],
+                 title: str) -> None:
+    """Per-feature mean +- std and min/max of splits that share their features."""
+    first = stats_by_split[splits[0]]
+    n_feat = min(first.n_features, MAX_PLOTTED_FEATURES)
+    names = list(first.feature_names[:n_feat])
+    x = np.arange(n_feat, dtype=float)
+    step = 0.8 / max(1, len(splits))
+    # Features on very different scales (tables) are drawn in standard
+    # deviations of the first split, so that each one stays readable.
+    center, unit = first.mean[:n_feat].copy(), first.std[:n_feat].copy()
+    spans = (first.max[:n_feat] - first.min[:n_feat])
+    spans = spans[np.isfinite(spans) & (spans > 0)]
+    standardize = spans.size > 1 and spans.max() / spans.min() > 50
+    if standardize:
+        unit = np.where(np.isfinite(unit) & (unit > 0), unit, 1.0)
+        center = np.where(np.isfinite(center), center, 0.0)
+    else:
+        center, unit = np.zeros(n_feat), np.ones(n_feat)
+    for i, split in enumerate(splits):
+        stats = stats_by_split[split]
+        xs = x - 0.4 + step * (i + 0.5)
+        mean = (stats.mean[:n_feat] - center) / unit
+        std = stats.std[:n_feat] / unit
+        line = ax.errorbar(xs, mean, yerr=std, fmt="o", capsize=3, markersize=4,
+                           label=f"{split}: mean ± std")
+        color = line[0].get_color()
+        ax.scatter(xs, (stats.min[:n_feat] - center) / unit, marker="v", s=14, color=color,
+                   alpha=0.6)
+        ax.scatter(xs, (stats.max[:n_feat] - center) / unit, marker="^", s=14, color=color,
+                   alpha=0.6)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90 if n_feat > 12 else 0, fontsize=8)
+    ax.set_xlabel("feature")
+    if standardize:
+        ax.set_ylabel(f"std units of {splits[0]} (▼ min, ▲ max)")
+    else:
+        ax.set_ylabel("value (▼ min, ▲ max)")
+    shown = "" if first.n_features <= n_feat else f" (first {n_feat} of {first.n_features})"
+    ax.set_title(title + shown)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+
+
+def _histogram_panels(fig: Any, grid: Any, row: int, stats_by_split: Mapping[str, Stats],
+                      splits: Sequence[str], n_hist: int) -> None:
+    names = stats_by_split[splits[0]].feature_names
+    for f in range(n_hist):
+        hax = fig.add_subplot(grid[row, f])
+        for split in splits:
+            stats = stats_by_split[split]
+            hist = stats.histogram[f].astype(float)
+            total = hist.sum()
+            if total:
+                values = np.arange(hist.size) + stats.histogram_offset
+                hax.step(values, hist / total, where="mid", label=split, linewidth=1)
+        hax.set_title(f"{names[f]}", fontsize=9)
+        hax.tick_params(labelsize=7)
+        if f == 0:
+            hax.set_ylabel("fraction")
+            hax.legend(fontsize=7)
+
+
+def figure(stats_by_split: Mapping[str, Stats], title: str | None = None) -> Any:
+    """The matplotlib ``Figure`` that :func:`plot` renders (Agg canvas attached).
+
+    One panel of per-feature statistics per group of splits with the same
+    features (:func:`feature_groups`), each followed by histogram panels when
+    some of its splits carry histograms.
+    """
+    Figure, FigureCanvasAgg = _matplotlib()
+    if not stats_by_split:
+        raise StreamnormError("nothing to plot: no statistics given")
+    groups = feature_groups(stats_by_split)
+    panels = []  # (splits, splits with histograms, histogram panels)
+    for splits in groups:
+        hist_splits = [s for s in splits if stats_by_split[s].histogram is not None]
+        n_feat = min(stats_by_split[splits[0]].n_features, MAX_PLOTTED_FEATURES)
+        panels.append((splits, hist_splits, min(n_feat, MAX_HISTOGRAM_PANELS) if hist_splits else 0))
+    widest = max(min(stats_by_split[g[0]].n_features, MAX_PLOTTED_FEATURES) * max(1, len(g)) ** 0.5
+                 for g in groups)
+    width = max(6.0, min(24.0, 1.2 + 0.45 * widest))
+    rows = sum(1 + (1 if n_hist else 0) for _, _, n_hist in panels)
+    fig = Figure(figsize=(width, 3.8 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    columns = max([1] + [n_hist for _, _, n_hist in panels])
+    grid = fig.add_gridspec(rows, columns)
+    row = 0
+    for splits, hist_splits, n_hist in panels:
+        stats = stats_by_split[splits[0]]
+        label = title or "per-feature statistics"
+        if len(groups) > 1:
+            label += (f": {', '.join(splits)} ({stats.layout}, "
+                      f"{stats.n_features} feature{'s' if stats.n_features != 1 else ''})")
+        _stats_panel(fig.add_subplot(grid[row, :]), stats_by_split, splits, label)
+        row += 1
+        if n_hist:
+            _histogram_panels(fig, grid, row, stats_by_split, hist_splits, n_hist)
+            row += 1
+    return fig
+
+
 def plot(
     stats_by_split: Mapping[str, Stats],
     out: str | None = None,
@@ -339,8 +502,11 @@ def plot(
     """A PNG of per-feature mean +- std and min/max for each split, plus
     per-feature histograms where the statistics carry them.
 
-    Uses matplotlib's Agg canvas directly (no pyplot, no global backend
-    change). Features beyond the first 64 are left out of the plot.
+    Splits with the same features share a panel; splits with other features
+    (another layout, other columns) get panels of their own, so every
+    feature of every split is drawn. Uses matplotlib's Agg canvas directly
+    (no pyplot, no global backend change). In each panel, features beyond
+    the first 64 are left out, and the panel's title says so.
 
     Parameters
     ----------
@@ -368,75 +534,7 @@ def plot(
     >>> plot({"train": s})[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
     True
     """
-    Figure, FigureCanvasAgg = _matplotlib()
-    if not stats_by_split:
-        raise StreamnormError("nothing to plot: no statistics given")
-    splits = list(stats_by_split)
-    first = stats_by_split[splits[0]]
-    n_feat = min(first.n_features, MAX_PLOTTED_FEATURES)
-    names = list(first.feature_names[:n_feat])
-    hist_splits = [s for s in splits if stats_by_split[s].histogram is not None]
-    n_hist = min(n_feat, MAX_HISTOGRAM_PANELS) if hist_splits else 0
-    width = max(6.0, min(24.0, 1.2 + 0.45 * n_feat * max(1, len(splits)) ** 0.5))
-    rows = 1 + (1 if n_hist else 0)
-    fig = Figure(figsize=(width, 3.8 * rows), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(rows, max(1, n_hist))
-    ax = fig.add_subplot(grid[0, :])
-    x = np.arange(n_feat, dtype=float)
-    step = 0.8 / max(1, len(splits))
-    # Features on very different scales (tables) are drawn in standard
-    # deviations of the first split, so that each one stays readable.
-    center, unit = first.mean[:n_feat].copy(), first.std[:n_feat].copy()
-    spans = (first.max[:n_feat] - first.min[:n_feat])
-    spans = spans[np.isfinite(spans) & (spans > 0)]
-    standardize = spans.size > 1 and spans.max() / spans.min() > 50
-    if standardize:
-        unit = np.where(np.isfinite(unit) & (unit > 0), unit, 1.0)
-        center = np.where(np.isfinite(center), center, 0.0)
-    else:
-        center, unit = np.zeros(n_feat), np.ones(n_feat)
-    for i, split in enumerate(splits):
-        stats = stats_by_split[split]
-        if stats.feature_names[:n_feat] != tuple(names):
-            raise IncompatibleStatsError(
-                f"split {split!r} has other features than {splits[0]!r}; plot them separately"
-            )
-        xs = x - 0.4 + step * (i + 0.5)
-        mean = (stats.mean[:n_feat] - center) / unit
-        std = stats.std[:n_feat] / unit
-        line = ax.errorbar(xs, mean, yerr=std, fmt="o", capsize=3, markersize=4,
-                           label=f"{split}: mean ± std")
-        color = line[0].get_color()
-        ax.scatter(xs, (stats.min[:n_feat] - center) / unit, marker="v", s=14, color=color,
-                   alpha=0.6)
-        ax.scatter(xs, (stats.max[:n_feat] - center) / unit, marker="^", s=14, color=color,
-                   alpha=0.6)
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=90 if n_feat > 12 else 0, fontsize=8)
-    ax.set_xlabel("feature")
-    if standardize:
-        ax.set_ylabel(f"std units of {splits[0]} (▼ min, ▲ max)")
-    else:
-        ax.set_ylabel("value (▼ min, ▲ max)")
-    shown = "" if first.n_features <= n_feat else f" (first {n_feat} of {first.n_features})"
-    ax.set_title((title or "per-feature statistics") + shown)
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(alpha=0.3)
-    for f in range(n_hist):
-        hax = fig.add_subplot(grid[1, f])
-        for split in hist_splits:
-            stats = stats_by_split[split]
-            hist = stats.histogram[f].astype(float)
-            total = hist.sum()
-            if total:
-                values = np.arange(hist.size) + stats.histogram_offset
-                hax.step(values, hist / total, where="mid", label=split, linewidth=1)
-        hax.set_title(f"{names[f]}", fontsize=9)
-        hax.tick_params(labelsize=7)
-        if f == 0:
-            hax.set_ylabel("fraction")
-            hax.legend(fontsize=7)
+    fig = figure(stats_by_split, title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     data = buf.getvalue()

@@ -26,16 +26,21 @@ Parquet (``.parquet``, ``.pq``, ``.parq``)
     fixed-size lists, or Arrow's ``fixed_shape_tensor``) per row. A flat list
     of ``k`` values gives ``k`` features named ``col[0]``... (layout ``NF``);
     higher-rank tensors need ``layout=`` (e.g. ``"NCHW"``).
-    ``image_column=`` decodes a binary column of encoded PNG/JPEG images (or a
-    Hugging Face ``struct<bytes, path>`` image column) -> ``NHWC`` uint8.
-Images (``.png``, ``.jpg``, ``.jpeg``; folders searched recursively, so
-ImageFolder-style class folders work)
-    Decoded with Pillow to 8-bit ``NHWC``. ``image_mode="RGB"`` (default)
-    converts grayscale, palette and CMYK images to RGB (a gray value is
-    repeated in the three channels) and *drops* the alpha channel of RGBA/LA
-    images (no compositing). ``image_mode="L"`` gives one luma channel
-    (ITU-R 601-2 for colour images). 16-bit and floating-point images are
-    rejected rather than silently clipped to 8 bits; store those as ``.npy``.
+    ``image_column=`` decodes a binary column of encoded images (or a
+    Hugging Face ``struct<bytes, path>`` image column) -> ``NHWC``, as image files.
+Images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``,
+``.tiff``; folders searched recursively, so ImageFolder-style class folders work)
+    Decoded to ``NHWC`` uint8 (Pillow), or uint16 for 16-bit images, sample for
+    sample: 16-bit PNGs of every colour type (gray, gray+alpha, RGB, RGBA;
+    interlaced too) by :mod:`streamnorm._png`, 16-bit gray TIFFs by Pillow.
+    ``image_mode="RGB"`` (default) converts grayscale, palette and CMYK images
+    to RGB (a gray value is repeated in the three channels) and *drops* the
+    alpha channel of RGBA/LA images (no compositing). ``image_mode="L"`` gives
+    one luma channel (ITU-R 601-2 for colour images, in integers as Pillow
+    computes it, at 8 or 16 bits). Images that cannot be read exactly
+    (32-bit or floating-point samples, 16-bit colour TIFFs) and files with
+    several frames are bad records, never reduced silently; a source mixing
+    8-bit and 16-bit images is an error (their values are on different scales).
 ``.npy``
     Memory-mapped (``allow_pickle=False``); ``layout=`` says what the array
     holds (default ``"N"`` for 1-D, ``"NF"`` for 2-D arrays). Shards are row
@@ -49,13 +54,14 @@ Examples
 --------
 >>> import tempfile, numpy as np, pyarrow as pa, pyarrow.parquet as pq
 >>> from streamnorm.sources import open_source
->>> d = tempfile.mkdtemp()
+>>> tmp = tempfile.TemporaryDirectory(); d = tmp.name
 >>> pq.write_table(pa.table({"x": np.arange(10.0), "y": np.arange(10)}), f"{d}/t.parquet")
 >>> src = open_source([d])
 >>> src.kind, src.layout, src.feature_names, len(src.shards)
 ('parquet', 'NF', ('x', 'y'), 1)
 >>> src.shards[0].compute().stats.mean.tolist()
 [4.5, 4.5]
+>>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -85,14 +91,16 @@ __all__ = [
     "SourceError",
     "combine_parts",
     "concat_features",
+    "mixed_bit_depths",
     "open_source",
     "select_features",
 ]
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 NPY_SUFFIXES = (".npy",)
 KINDS = ("parquet", "image", "npy")
+IMAGE_FORMATS = "PNG, JPEG, BMP, GIF, WebP, TIFF"
 IMAGE_MODES = ("RGB", "L")
 
 #: Default size of one Parquet shard (compressed bytes of whole row groups).
@@ -109,6 +117,11 @@ _MAGIC = {
     b"\x89PNG": "image",
     b"\xff\xd8\xff": "image",
     b"\x93NUMPY": "npy",
+    b"GIF87a": "image",
+    b"GIF89a": "image",
+    b"BM": "image",
+    b"II*\x00": "image",
+    b"MM\x00*": "image",
 }
 _GLOB_CHARS = frozenset("*?[")
 
@@ -195,25 +208,30 @@ def _hidden(relative: str) -> bool:
 def _sniff(fs: Any, path: str, url: str) -> str:
     try:
         with fs.open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(12)
     except (OSError, PermissionError) as exc:
         raise SourceError(f"{_display(url)}: cannot read file ({_one_line(exc)})") from exc
     for magic, kind in _MAGIC.items():
         if head.startswith(magic):
             return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image"
     raise SourceError(
-        f"{_display(url)}: not a Parquet, PNG/JPEG or .npy file; pass Parquet files, "
-        f"image files or .npy arrays (or folders holding them)"
+        f"{_display(url)}: not a Parquet, image ({IMAGE_FORMATS}) or .npy file; pass "
+        f"Parquet files, image files or .npy arrays (or folders holding them)"
     )
 
 
 def resolve_files(
-    paths: str | Sequence[str], storage_options: Mapping[str, Any] | None = None
+    paths: str | Sequence[str], storage_options: Mapping[str, Any] | None = None,
+    ignored: list[str] | None = None,
 ) -> list[tuple[str, FileInfo]]:
     """Expand files, folders, globs and URLs into ``(kind, FileInfo)`` pairs.
 
     Folders are searched recursively for known suffixes; explicitly named
-    files of another suffix are recognized by their magic bytes.
+    files of another suffix are recognized by their magic bytes. Files of
+    other types met inside folders (not hidden ones) are appended to
+    ``ignored`` (their paths), so that callers can report them.
 
     Raises
     ------
@@ -229,6 +247,7 @@ def resolve_files(
     for raw in paths:
         raw = os.fspath(raw)
         fs, path = _fs(raw, storage_options)
+        ignored_here: list[str] = []
         try:
             if any(ch in _GLOB_CHARS for ch in path):
                 found = fs.glob(path, detail=True)
@@ -237,15 +256,16 @@ def resolve_files(
                 candidates = []
                 for p, info in sorted(found.items()):
                     if info.get("type") == "directory":
-                        candidates.extend(_walk(fs, p, raw))
+                        candidates.extend(_walk(fs, p, ignored_here))
                     else:
                         candidates.append((p, info, _kind_of_name(p)))
             elif fs.isdir(path):
-                candidates = _walk(fs, path, raw)
+                candidates = _walk(fs, path, ignored_here)
                 if not candidates:
                     raise SourceError(
-                        f"{raw}: this folder holds no Parquet (.parquet), image (.png, .jpg) "
-                        f"or .npy files"
+                        f"{raw}: this folder holds no Parquet (.parquet), image "
+                        f"({', '.join(IMAGE_SUFFIXES)}) or .npy files"
+                        + (f" (it holds {_ignored_text(ignored_here)})" if ignored_here else "")
                     )
             elif fs.exists(path):
                 candidates = [(path, fs.info(path), _kind_of_name(path))]
@@ -260,20 +280,33 @@ def resolve_files(
             if kind is None:
                 kind = _sniff(fs, p, url)
             out[url] = (kind, FileInfo(url, int(info.get("size") or 0), _version(info)))
+        if ignored is not None:
+            ignored.extend(_display(fs.unstrip_protocol(p)) for p in ignored_here)
     return [out[url] for url in sorted(out)]
 
 
-def _walk(fs: Any, root: str, raw: str) -> list[tuple[str, dict[str, Any], str | None]]:
+def _walk(fs: Any, root: str, ignored: list[str]) -> list[tuple[str, dict[str, Any], str | None]]:
+    """Data files under ``root`` (hidden ones skipped); other files go to ``ignored``."""
     found = fs.find(root, detail=True)
     result = []
     base = root.rstrip("/")
     for p, info in sorted(found.items()):
         rel = p.removeprefix(base)
+        if _hidden(rel):
+            continue
         kind = _kind_of_name(p)
-        if kind is None or _hidden(rel):
+        if kind is None:
+            ignored.append(p)
             continue
         result.append((p, info, kind))
     return result
+
+
+def _ignored_text(paths: Sequence[str], shown: int = 3) -> str:
+    """``"2 other files: a.txt, b.csv"``: files of other types, for messages."""
+    names = ", ".join(p.rsplit("/", 1)[-1] for p in paths[:shown])
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"{len(paths)} other file{'s' if len(paths) != 1 else ''}: {names}{more}"
 
 
 # ---------------------------------------------------------------------------
@@ -367,6 +400,16 @@ def concat_features(parts: Sequence[Stats], layout: str = "NF") -> Stats:
     return Stats.concat(parts, layout, dtype)
 
 
+def _span(kind: str, start: int, stop: int) -> str:
+    """``"row groups 0-2"`` for the half-open range ``[0, 3)``; ``"row group 3"``; ``"no rows"``."""
+    unit = "row group" if kind == "parquet" else "row"
+    if stop - start <= 0:
+        return f"no {unit}s"
+    if stop - start == 1:
+        return f"{unit} {start}"
+    return f"{unit}s {start}-{stop - 1}"
+
+
 def _add_nan(stats: Stats, extra: Sequence[int]) -> Stats:
     if not any(extra):
         return stats
@@ -421,13 +464,14 @@ class Shard:
     --------
     >>> import pickle, tempfile, numpy as np
     >>> from streamnorm.sources import open_source
-    >>> path = tempfile.mkdtemp() + "/a.npy"
+    >>> tmp = tempfile.TemporaryDirectory(); path = tmp.name + "/a.npy"
     >>> np.save(path, np.arange(12.0).reshape(6, 2))
     >>> shard = open_source([path]).shards[0]
     >>> pickle.loads(pickle.dumps(shard)) == shard
     True
     >>> [b.shape for b in shard.batches()]
     [(6, 2)]
+    >>> tmp.cleanup()
     """
 
     kind: str
@@ -455,8 +499,7 @@ class Shard:
         if self.kind == "image":
             first = _display(self.files[0].url)
             return first if len(self.files) == 1 else f"{first} (+{len(self.files) - 1} images)"
-        unit = "row groups" if self.kind == "parquet" else "rows"
-        return f"{_display(self.files[0].url)} ({unit} {self.start}-{self.stop})"
+        return f"{_display(self.files[0].url)} ({_span(self.kind, self.start, self.stop)})"
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe description: id, kind, files (path, size, version), range."""
@@ -474,7 +517,8 @@ class Shard:
 
         Tables give ``(rows, features)`` arrays (column dtypes promoted to a
         common type; nulls as NaN, so a batch whose integer column has nulls
-        is float64); images give one ``(1, H, W, C)`` uint8 array each.
+        is float64); images give one ``(1, H, W, C)`` uint8 (uint16 for 16-bit
+        images) array each.
         Undecodable images raise :class:`BadRecordError` unless ``skip_bad``.
         """
         if self.kind == "parquet" and self.options.image_column is None:
@@ -715,9 +759,14 @@ class Shard:
                 pending.clear()
                 pending_bytes = 0
 
+        first: tuple[str, np.dtype] | None = None
         # Images of one size are reduced a stack at a time: one kernel call per
         # stack instead of per image (the per-call cost dominates small images).
-        for _where, image in self._images(skip_bad, skipped):
+        for where, image in self._images(skip_bad, skipped):
+            if first is None:
+                first = (where, image.dtype)
+            elif image.dtype != first[1]:
+                raise mixed_bit_depths(first[0], first[1], where, image.dtype)
             if pending and image.shape != pending[0].shape:
                 flush()
             pending.append(image)
@@ -801,8 +850,7 @@ class _TableReducer:
                     f"{self.where}: column {self.names[j]!r} ({col.type}) has "
                     f"{col.null_count} null(s); integer statistics are exact and cannot hold a "
                     f"missing value under nan_policy={self.nan_policy!r}; use "
-                    f"nan_policy='omit' (--nan-policy omit) to skip and count them, or cast the "
-                    f"column to float"
+                    f"nan_policy='omit' to skip and count them, or cast the column to float"
                 )
             self.nulls[j] += col.null_count
             return _arrow_to_numpy(col.drop_null(), nulls_as_nan=False), True
@@ -868,6 +916,22 @@ class _TableReducer:
         return tuple(parts)
 
 
+def mixed_bit_depths(where_a: str, dtype_a: Any, where_b: str, dtype_b: Any) -> SourceError:
+    """The error for a source whose images differ in bit depth.
+
+    8-bit and 16-bit samples are on different scales (white is 255 in one and
+    65535 in the other), so pooling them would give statistics of neither.
+    """
+    def bits(dtype: Any) -> str:
+        return f"{8 * np.dtype(dtype).itemsize}-bit"
+
+    return SourceError(
+        f"the images mix bit depths: {where_a} is {bits(dtype_a)}, {where_b} is "
+        f"{bits(dtype_b)}; their values are on different scales, so convert them to one bit "
+        f"depth or compute them as separate splits"
+    )
+
+
 def _with_where(exc: StreamnormError, where: str) -> StreamnormError:
     try:
         new = type(exc)(f"{where}: {exc}")
@@ -904,14 +968,67 @@ def _arrow_to_numpy(col: Any, nulls_as_nan: bool) -> np.ndarray:
 
 _PIL_EIGHT_BIT = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "La",
                             "RGBa", "RGBX", "LAB", "HSV"})
+#: Pillow's 16-bit gray modes: the samples come back exactly (numpy dtype from the mode).
+_PIL_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+#: Formats Pillow decodes for us; a file of another format is a bad record.
+_PIL_FORMATS = frozenset({"PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP", "TIFF"})
+
+
+def _max_pixels() -> int | None:
+    """Pillow's decompression-bomb limit (it raises beyond twice its warning size)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+def _luma16(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma in integers, exactly as Pillow's ``convert("L")`` computes it."""
+    x = rgb.astype(np.int64)
+    y = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16
+    return y.astype(rgb.dtype)[..., None]
+
+
+def _channels(image: np.ndarray, mode: str) -> np.ndarray:
+    """``(H, W, C)`` samples of any channel count -> ``mode`` ("RGB" or "L"), exactly."""
+    c = image.shape[2]
+    if mode == "RGB":
+        if c <= 2:  # gray (+ alpha): gray repeated, alpha dropped
+            return np.repeat(image[:, :, :1], 3, axis=2)
+        return np.ascontiguousarray(image[:, :, :3])
+    if c <= 2:
+        return np.ascontiguousarray(image[:, :, :1])
+    return _luma16(image[:, :, :3])
+
+
+def _decode_png16(data: bytes, mode: str, where: str) -> np.ndarray:
+    from ._png import PngError, decode_png16
+
+    try:
+        image = decode_png16(data, max_pixels=_max_pixels())
+    except PngError as exc:
+        raise BadRecordError(where, f"16-bit PNG: {exc}") from None
+    return _channels(image, mode)
+
+
+def _tiff_bits(im: Any) -> int:
+    bits = im.tag_v2.get(258, (8,))
+    return max(bits) if isinstance(bits, tuple) else int(bits)
 
 
 def decode_image(data: bytes, mode: str = "RGB", where: str = "<bytes>") -> np.ndarray:
-    """Decode PNG/JPEG bytes into an ``(H, W, C)`` uint8 array.
+    """Decode image bytes into an ``(H, W, C)`` array: uint8, or uint16 for 16-bit images.
 
-    ``mode="RGB"`` gives 3 channels (gray repeated, alpha dropped, palette and
-    CMYK converted); ``mode="L"`` gives 1 channel. 16-bit and floating-point
-    images raise :class:`BadRecordError` instead of being clipped to 8 bits.
+    PNG, JPEG, BMP, GIF, WebP and TIFF are read (Pillow; 16-bit PNGs by
+    :mod:`streamnorm._png`, which keeps every sample exactly: Pillow would
+    keep only the high byte of 16-bit colour images). ``mode="RGB"`` gives 3
+    channels (gray repeated, alpha dropped, palette and CMYK converted);
+    ``mode="L"`` gives 1 channel (ITU-R 601-2 luma for colour images, in
+    integers, as Pillow computes it). 16-bit images (gray, gray+alpha, RGB,
+    RGBA PNGs; 16-bit gray TIFFs) stay uint16. 32-bit, floating-point and
+    16-bit colour TIFF images, and files with several frames (animations,
+    multi-page TIFFs), raise :class:`BadRecordError` instead of being
+    reduced or cut silently.
 
     Examples
     --------
@@ -921,20 +1038,42 @@ def decode_image(data: bytes, mode: str = "RGB", where: str = "<bytes>") -> np.n
     >>> img = decode_image(buf.getvalue())
     >>> img.shape, img.dtype, img[0, 0].tolist()
     ((2, 4, 3), dtype('uint8'), [7, 7, 7])
+    >>> buf = io.BytesIO(); Image.new("I;16", (3, 1), 40000).save(buf, "PNG")
+    >>> img = decode_image(buf.getvalue())
+    >>> img.dtype, img[0, 0].tolist()
+    (dtype('uint16'), [40000, 40000, 40000])
     """
     from PIL import Image, UnidentifiedImageError
 
+    from ._png import png_info
+
     if mode not in IMAGE_MODES:
         raise StreamnormError(f"image_mode must be one of {IMAGE_MODES}, got {mode!r}")
+    info = png_info(data)
+    if info is not None and info.bit_depth == 16:
+        return _decode_png16(data, mode, where)
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.format not in ("PNG", "JPEG", "MPO"):
-                raise BadRecordError(where, f"{im.format} is not PNG or JPEG")
+            if im.format not in _PIL_FORMATS:
+                raise BadRecordError(where, f"{im.format} is not one of the image formats read "
+                                            f"(PNG, JPEG, BMP, GIF, WebP, TIFF)")
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1 and im.format != "MPO":  # MPO: a JPEG's extra views; the first is it
+                raise BadRecordError(where, f"{im.format} file with {frames} frames; only "
+                                            f"single-frame images are read (split the frames)")
+            if im.format == "TIFF" and _tiff_bits(im) > 8 and im.mode not in _PIL_SIXTEEN_BIT:
+                raise BadRecordError(
+                    where, f"{_tiff_bits(im)}-bit TIFF in Pillow mode {im.mode!r}, which Pillow "
+                           f"cannot read exactly; store it as 16-bit PNG or .npy instead")
+            if im.mode in _PIL_SIXTEEN_BIT:
+                im.load()
+                gray = np.asarray(im).astype(np.uint16)  # native byte order
+                return _channels(gray[:, :, None], mode)
             if im.mode not in _PIL_EIGHT_BIT:
                 raise BadRecordError(
                     where,
-                    f"Pillow mode {im.mode!r} is not 8-bit; 16-bit and float images would be "
-                    f"clipped to 8 bits, so store them as .npy instead",
+                    f"Pillow mode {im.mode!r} (32-bit or floating-point samples) would be "
+                    f"clipped to 8 bits, so store these images as .npy instead",
                 )
             im.load()
             if im.mode == "P" and "transparency" in im.info:
@@ -942,7 +1081,9 @@ def decode_image(data: bytes, mode: str = "RGB", where: str = "<bytes>") -> np.n
             array = np.asarray(im if im.mode == mode else im.convert(mode), dtype=np.uint8)
     except BadRecordError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+    except UnidentifiedImageError:
+        raise BadRecordError(where, f"not an image file that can be read ({IMAGE_FORMATS})") from None
+    except (OSError, SyntaxError, ValueError, EOFError,
             Image.DecompressionBombError) as exc:
         raise BadRecordError(where, _one_line(exc)) from exc
     if array.ndim == 2:
@@ -1021,6 +1162,10 @@ class Source:
     shards: tuple[Shard, ...]
     options: ReadOptions
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: Files of other types found in the folders given, which are not read.
+    ignored_files: tuple[str, ...] = ()
+    #: Parquet columns left out because they are not numeric: ``"name (type)"``.
+    ignored_columns: tuple[str, ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -1059,7 +1204,7 @@ def open_source(
     ----------
     paths : str or sequence of str
         Files, folders (searched recursively), globs or fsspec URLs, all of
-        one kind: Parquet, images (PNG/JPEG) or ``.npy``.
+        one kind: Parquet, images (PNG, JPEG, BMP, GIF, WebP, TIFF) or ``.npy``.
     layout : str, optional
         What the data holds. Parquet numeric columns are always ``"NF"``;
         images ``"NHWC"``; ``.npy`` defaults to ``"N"`` (1-D) / ``"NF"`` (2-D)
@@ -1068,8 +1213,8 @@ def open_source(
     columns : sequence of str, optional
         Parquet columns to reduce. Default: every integer and float column.
     image_column : str, optional
-        Parquet column of encoded PNG/JPEG images (binary, or a struct with a
-        ``bytes`` field) -> ``NHWC`` uint8.
+        Parquet column of encoded images (binary, or a struct with a ``bytes``
+        field) -> ``NHWC`` uint8, or uint16 for 16-bit images.
     image_mode : {"RGB", "L"}
         Colour handling of decoded images (see the module notes).
     storage_options : mapping, optional
@@ -1101,7 +1246,18 @@ def open_source(
             raise StreamnormError(f"{name} must be a positive integer, got {value!r}")
     if layout is not None:
         parse_layout(layout)
-    files = resolve_files(paths, so)
+    ignored: list[str] = []
+    files = resolve_files(paths, so, ignored)
+    source = _open_files(files, layout, columns, image_column, image_mode, so, shard_bytes,
+                         images_per_shard, batch_bytes)
+    return replace(source, ignored_files=tuple(ignored))
+
+
+def _open_files(
+    files: list[tuple[str, FileInfo]], layout: str | None, columns: Sequence[str] | None,
+    image_column: str | None, image_mode: str, so: dict[str, Any], shard_bytes: int,
+    images_per_shard: int, batch_bytes: int,
+) -> Source:
     kinds = sorted({k for k, _ in files})
     if len(kinds) > 1:
         examples = {k: _display(f.url) for k, f in files}
@@ -1121,7 +1277,7 @@ def open_source(
                                     shard_bytes, batch_bytes)
     if kind == "image":
         if layout not in (None, "NHWC"):
-            raise LayoutError(f"images are read as 'NHWC' uint8; drop --layout {layout!r}")
+            raise LayoutError(f"images are read as 'NHWC'; drop --layout {layout!r}")
         options = ReadOptions(layout="NHWC", image_mode=image_mode, batch_bytes=batch_bytes)
         shards = tuple(
             Shard("image", tuple(infos[i:i + images_per_shard]), 0, 0, options, so,
@@ -1194,7 +1350,7 @@ def _open_parquet_source(
         if columns:
             raise SourceError("pass either columns or an image column, not both")
         if layout not in (None, "NHWC"):
-            raise LayoutError(f"an image column is read as 'NHWC' uint8; drop --layout {layout!r}")
+            raise LayoutError(f"an image column is read as 'NHWC'; drop --layout {layout!r}")
         selected: tuple[str, ...] = (image_column,)
         out_layout = "NHWC"
         feature_names = None
@@ -1278,6 +1434,8 @@ def _open_parquet_source(
             f"numeric Parquet columns are read as 'NF' (one feature per column); "
             f"drop --layout {layout!r}"
         )
+    ignored_columns = () if (columns or image_column is not None) else tuple(
+        f"{f.name} ({f.type})" for f in first_schema if not _numeric(f.type, False))
     options = ReadOptions(layout=out_layout, columns=selected, tensor_shape=tensor_shape,
                           image_column=image_column, image_mode=image_mode,
                           batch_bytes=batch_bytes,
@@ -1295,7 +1453,8 @@ def _open_parquet_source(
             if size >= shard_bytes or i == len(sizes) - 1:
                 shards.append(Shard("parquet", (info,), start, i + 1, options, so, size))
                 start, size = i + 1, 0
-    return Source("parquet", out_layout, feature_names, tuple(shards), options, so)
+    return Source("parquet", out_layout, feature_names, tuple(shards), options, so,
+                  ignored_columns=ignored_columns)
 
 
 def _open_npy_source(

@@ -65,7 +65,9 @@ def _jit(fn):
     import numba
 
     try:
-        return numba.njit(nogil=True, cache=True)(fn)
+        kernel = numba.njit(nogil=True, cache=True)(fn)
+        _probe_cache(kernel)
+        return kernel
     except (RuntimeError, OSError) as exc:  # no writable cache locator
         if CACHE_ENABLED:
             warnings.warn(
@@ -77,6 +79,18 @@ def _jit(fn):
             )
         CACHE_ENABLED = False
         return numba.njit(nogil=True, cache=False)(fn)
+
+
+def _probe_cache(kernel) -> None:
+    """Raise OSError now if ``kernel``'s cache folder cannot be written.
+
+    Some locators (numba's for zip-imported packages) do not check their
+    folder when the kernel is decorated, so the first call would fail
+    (``NotADirectoryError`` when the user cache path runs through a file).
+    """
+    locator = getattr(getattr(getattr(kernel, "_cache", None), "_impl", None), "_locator", None)
+    if locator is not None and hasattr(locator, "ensure_cache_path"):
+        locator.ensure_cache_path()
 
 
 # --------------------------------------------------------------------------
@@ -286,10 +300,16 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
         return n_a, mean_a, m2_a
     if n_a == 0.0:
         return n_b, mean_b, m2_b
+    # as stats.chan_merge: half differences, the mean moved from the larger
+    # side, the cross term ordered so it overflows only where its value does
     n = n_a + n_b
-    d = mean_b - mean_a
-    frac = n_b / n
-    return n, mean_a + d * frac, m2_a + m2_b + d * d * (n_a * frac)
+    frac_b = n_b / n
+    half = mean_b * 0.5 - mean_a * 0.5
+    if frac_b <= 0.5:
+        mean = mean_a + (half * frac_b) * 2.0
+    else:
+        mean = mean_b - (half * (n_a / n)) * 2.0
+    return n, mean, m2_a + m2_b + ((half * (n_a * frac_b)) * half) * 4.0
 
 
 @_jit

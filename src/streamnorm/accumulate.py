@@ -13,7 +13,7 @@ any numeric dtype), reduces them with the numba kernels of
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,6 +40,13 @@ TARGET_LANES = {1: 384, 2: 256, 4: 128, 8: 64}
 # Values per feature that pending int64 sums may absorb before they are
 # flushed into exact Python integers (see the overflow notes in _kernels).
 PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
+# Float overflow guards. A shift of magnitude below 2**969 (half an ulp of the
+# largest float64) never moves ``mean - shift`` past it, so larger first values
+# give shift 0. Below HUGE, a kernel's block sums of ``x - shift`` stay finite;
+# features with larger values are reduced again scaled by 2**-SCALE_BITS.
+SHIFT_LIMIT = 2.0 ** 969
+HUGE = 2.0 ** 1000
+SCALE_BITS = 64
 
 _INT_KERNELS = {
     1: (K.u8_planes, K.u8_cols),
@@ -48,10 +55,17 @@ _INT_KERNELS = {
 }
 
 
-def _as_array(batch: Any, index: int) -> np.ndarray:
-    """A numpy view of a batch (numpy array or CPU torch tensor)."""
+BFLOAT16 = "bfloat16"
+
+
+def _as_array(batch: Any, index: int) -> tuple[np.ndarray, str | None]:
+    """A native-byte-order numpy view of a batch, and its dtype name when numpy has none.
+
+    Every batch enters here, so byte order, ndarray subclasses and masks are
+    settled once for every caller (sources, nodes, the command line).
+    """
     if isinstance(batch, np.ndarray):
-        return batch
+        return _native(_plain(batch, index)), None
     if type(batch).__module__.startswith("torch") and hasattr(batch, "detach"):
         tensor = batch.detach()
         if tensor.device.type != "cpu":
@@ -61,20 +75,43 @@ def _as_array(batch: Any, index: int) -> np.ndarray:
             )
         import torch
 
+        name = None
         if tensor.dtype == torch.bfloat16:
-            tensor = tensor.float()
+            # numpy has no bfloat16; its values are exactly float32 values
+            tensor, name = tensor.float(), BFLOAT16
         if tensor.is_conj() or tensor.is_neg():
             tensor = tensor.resolve_conj().resolve_neg()
         try:
-            return tensor.numpy()
+            return tensor.numpy(), name
         except TypeError as exc:  # complex, quantized... dtypes numpy cannot hold
             raise DTypeError(f"batch {index} has unsupported dtype {tensor.dtype}: {exc}") from None
     if isinstance(batch, (int, float, bool, np.generic, list)):
-        return np.asarray(batch)
+        return _native(np.asarray(batch)), None
     raise DTypeError(
         f"batch {index} is a {type(batch).__name__}; pass a numpy array or a CPU torch tensor "
         f"(for tuple or dict batches, say which element with key=)"
     )
+
+
+def _plain(batch: np.ndarray, index: int) -> np.ndarray:
+    """A base-class ndarray: subclasses (matrix, memmap) reshape or index differently."""
+    if isinstance(batch, np.ma.MaskedArray):
+        masked = int(np.count_nonzero(np.ma.getmaskarray(batch)))
+        if masked:
+            raise StreamnormError(
+                f"batch {index} is a masked array with {masked} masked value(s); streamnorm would "
+                f"count them: pass only the valid values instead (e.g. batch.compressed() with "
+                f"layout 'N', or the rows you keep)"
+            )
+        return np.asarray(batch.data)
+    return np.asarray(batch) if type(batch) is not np.ndarray else batch
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in native byte order (the kernels read raw native words)."""
+    if arr.dtype.isnative:
+        return arr
+    return arr.astype(arr.dtype.newbyteorder("="))
 
 
 def _classify(arr: np.ndarray, index: int) -> tuple[str, np.ndarray]:
@@ -97,6 +134,44 @@ def _classify(arr: np.ndarray, index: int) -> tuple[str, np.ndarray]:
         f"batch {index} has dtype {arr.dtype}, which has no statistics; pass numeric data "
         f"(bool, integers or floats), e.g. decode strings or objects first"
     )
+
+
+def _nonfinite_moments(mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
+                       hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy's mean and m2 for features where non-finite values entered (``propagate``).
+
+    min and max record exactly which entered (NaN: a NaN; -inf/+inf: that
+    infinity), whatever the batching: NaN or both infinities give a NaN mean,
+    one infinity gives that infinity; m2 is NaN, as ``numpy.var`` gives.
+    """
+    with np.errstate(invalid="ignore"):
+        nan = np.isnan(lo) | ((lo == -np.inf) & (hi == np.inf))
+        pos = ~nan & (hi == np.inf)
+        neg = ~nan & (lo == -np.inf)
+    mean = np.where(nan, np.nan, np.where(pos, np.inf, np.where(neg, -np.inf, mean)))
+    return mean, np.where(nan | pos | neg, np.nan, m2)
+
+
+def _bin_offset(dtype: np.dtype) -> int:
+    """Value held by histogram bin 0 for 8-bit ``dtype`` (as :attr:`Stats.histogram_offset`)."""
+    return -128 if dtype == np.int8 else 0
+
+
+def _histogram_offset(a: np.dtype, b: np.dtype) -> int | None:
+    """Bin-0 value of one 256-bin histogram of 8-bit dtypes ``a`` and ``b`` together.
+
+    bool fits both uint8's and int8's bins; int8 and uint8 together span
+    -128..255, which no 256 bins hold, hence None.
+    """
+    kinds = {a.kind, b.kind}
+    if kinds >= {"i", "u"}:
+        return None
+    return -128 if "i" in kinds else 0
+
+
+def _rebinned(hist: np.ndarray, dtype: np.dtype, offset: int) -> np.ndarray:
+    """``hist`` of ``dtype`` moved to bins whose bin 0 holds ``offset`` (bool -> int8 only)."""
+    return hist if _bin_offset(dtype) == offset else np.roll(hist, _bin_offset(dtype) - offset, axis=1)
 
 
 def _split_rows(n_rows: int, parts: int) -> list[tuple[int, int]]:
@@ -222,10 +297,19 @@ class StatsAccumulator:
         """Source dtype of the batches seen (promoted across batches)."""
         return self._dtype
 
+    @property
+    def dtype_name(self) -> str | None:
+        """Name of the source dtype: :attr:`dtype`'s name, or ``"bfloat16"``."""
+        if self._dtype is None:
+            return None
+        return BFLOAT16 if self._bfloat16 else self._dtype.name
+
     def reset(self) -> None:
         """Forget every batch seen; keep the configuration."""
         self._kind: str | None = None
         self._dtype: np.dtype | None = None
+        # whether every batch was torch bfloat16 (held as float32, whose values it has)
+        self._bfloat16: bool | None = None
         self._n_batches = 0
         self._n_features = None if self._feature_names is None else len(self._feature_names)
         self._arrays: dict[str, np.ndarray] = {}
@@ -246,11 +330,17 @@ class StatsAccumulator:
         ------
         LayoutError, DTypeError, NonFiniteError, StreamnormError
             For a batch of the wrong rank, an unsupported dtype, a non-finite
-            value under ``nan_policy="raise"``, or a feature count or kind of
-            dtype that differs from earlier batches. The state is unchanged.
+            value under ``nan_policy="raise"``, a masked array with masked
+            values, or a feature count or kind of dtype that differs from
+            earlier batches. The state is unchanged.
+
+        Notes
+        -----
+        An empty batch is counted in :attr:`n_batches` and changes nothing
+        else: it fixes neither the dtype nor the feature count.
         """
         index = self._n_batches
-        arr = _as_array(batch, index)
+        arr, name = _as_array(batch, index)
         source_dtype = arr.dtype
         kind, arr = _classify(arr, index)
         try:
@@ -258,20 +348,35 @@ class StatsAccumulator:
         except LayoutError as exc:
             raise LayoutError(f"batch {index} of shape {tuple(arr.shape)}: {exc}") from None
         n_feat = view.shape[1]
-        self._check_compatible(kind, source_dtype, n_feat, index)
-        if self._kind is None:
+        self._check_features(n_feat, index)
+        if view.size == 0:
+            self._n_batches += 1
+            return self
+        self._check_dtype(kind, source_dtype, index, name)
+        dtype = self._promoted(source_dtype)
+        fresh = self._kind is None
+        if fresh:
             self._start(kind, n_feat)
-        if view.size:
-            if kind == INT_KIND:
-                self._update_int(view, arr.dtype)
-            else:
+        try:
+            if kind == FLOAT_KIND:
                 self._update_float(view, index)
-        self._dtype = (source_dtype if self._dtype is None
-                       else np.promote_types(self._dtype, source_dtype))
+            elif self._histogram:
+                self._update_hist(view, dtype)
+            else:
+                self._update_int(view, arr.dtype)
+        except BaseException:
+            if fresh:  # a failed first batch leaves the accumulator as new
+                self.reset()
+            raise
+        self._dtype = dtype
+        self._bfloat16 = name == BFLOAT16 and self._bfloat16 is not False
         self._n_batches += 1
         return self
 
-    def _check_compatible(self, kind: str, dtype: np.dtype, n_feat: int, index: int) -> None:
+    def _promoted(self, dtype: np.dtype) -> np.dtype:
+        return dtype if self._dtype is None else np.promote_types(self._dtype, dtype)
+
+    def _check_features(self, n_feat: int, index: int) -> None:
         if self._n_features is not None and n_feat != self._n_features:
             what = (
                 f"{len(self._feature_names)} feature names"
@@ -282,15 +387,25 @@ class StatsAccumulator:
                 f"batch {index} has {n_feat} features on the {self._feature_letter()} axis of "
                 f"layout {self.layout!r}, but the accumulator expects {what}"
             )
+
+    def _check_dtype(self, kind: str, dtype: np.dtype, index: int, name: str | None) -> None:
+        shown = name or dtype.name
         if self._kind is not None and kind != self._kind:
             raise DTypeError(
-                f"batch {index} has dtype {dtype} but earlier batches were {self._dtype}; integer "
+                f"batch {index} has dtype {shown} but earlier batches were {self.dtype_name}; integer "
                 f"and float batches cannot share an accumulator: cast them to one dtype"
             )
         if self._histogram and (kind != INT_KIND or dtype.itemsize != 1):
             raise DTypeError(
-                f"batch {index} has dtype {dtype}, but histogram=True needs 8-bit integer data "
+                f"batch {index} has dtype {shown}, but histogram=True needs 8-bit integer data "
                 f"(uint8, int8 or bool); pass histogram=False for other dtypes"
+            )
+        if self._histogram and self._dtype is not None and _histogram_offset(self._dtype, dtype) is None:
+            raise DTypeError(
+                f"batch {index} has dtype {shown} but earlier batches were {self._dtype.name}: with "
+                f"histogram=True their 256-bin histograms cannot be combined (int8 holds -128..127, "
+                f"uint8 0..255); cast every batch to one 8-bit dtype, or pass histogram=False "
+                f"(exact moments for any mix of integer dtypes)"
             )
 
     def _feature_letter(self) -> str:
@@ -338,12 +453,6 @@ class StatsAccumulator:
         unsigned = view.view(np.dtype(f"u{size}"))
         xor = unsigned.dtype.type((1 << (8 * size - 1)) if dtype.kind == "i" else 0)
         n_outer, n_feat, n_inner = unsigned.shape
-        if self._histogram:
-            hist = a["hist"]
-            for h in self._run(self._parts(unsigned), lambda x: self._hist_task(x, xor)):
-                hist += h
-            a["count"] += n_outer * n_inner
-            return
         limit = PENDING_LIMIT[size]
         rows_per_piece = max(1, limit // max(1, n_inner))
         for r0 in range(0, n_outer, rows_per_piece):
@@ -363,6 +472,20 @@ class StatsAccumulator:
                 np.maximum(a["max"], hi - off, out=a["max"])
             self._pending_values += values
             a["count"] += values
+
+    def _update_hist(self, view: np.ndarray, dtype: np.dtype) -> None:
+        """Count 8-bit values into the bins of ``dtype``, the dtype of all batches so far."""
+        a = self._arrays
+        offset = _bin_offset(dtype)
+        hist = a["hist"]
+        if self._dtype is not None and _bin_offset(self._dtype) != offset:
+            hist = np.roll(hist, -offset, axis=1)  # bool counts move to int8's bins of 0 and 1
+        unsigned = view.view(np.uint8)
+        xor = np.uint8(-offset)  # maps an int8 (or bool) byte to its int8 bin
+        for h in self._run(self._parts(unsigned), lambda x: self._hist_task(x, xor)):
+            hist = hist + h
+        a["hist"] = hist
+        a["count"] += unsigned.shape[0] * unsigned.shape[2]
 
     @staticmethod
     def _int_task(x: np.ndarray, xor: np.integer) -> tuple[np.ndarray, ...]:
@@ -430,6 +553,7 @@ class StatsAccumulator:
         has_shift = a["has_shift"].copy()
         if not has_shift.all():
             K.first_finite(view, shift, has_shift)
+            shift[np.abs(shift) >= SHIFT_LIMIT] = 0.0
         policy = NAN_POLICIES[self._nan_policy]
         results = self._run(self._parts(view), lambda x: self._float_task(x, shift, policy))
         count, mean, m2 = a["count"], a["mean"], a["m2"]
@@ -446,11 +570,39 @@ class StatsAccumulator:
             lo = np.where(np.isnan(plo) | np.isnan(lo), np.nan, np.fmin(lo, plo))
             hi = np.where(np.isnan(phi) | np.isnan(hi), np.nan, np.fmax(hi, phi))
             nonfinite = nonfinite + nf
+        mean, m2 = _nonfinite_moments(mean, m2, lo, hi)
         a.update(count=count.astype(np.int64), mean=mean, m2=m2, min=lo, max=hi,
                  nan_count=nonfinite, shift=shift, has_shift=has_shift)
 
     @staticmethod
     def _float_task(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
+        """Moments of one part about ``shift``, safe up to the largest float64.
+
+        Features holding values of magnitude >= ``HUGE`` are reduced again,
+        scaled by ``2**-SCALE_BITS`` (exact), so that no sum or difference
+        overflows unless the true result does; min and max stay unscaled.
+        """
+        out = list(StatsAccumulator._float_kernels(x, shift, policy))
+        lo, hi, bad = out[4], out[5], out[6]
+        if bad >= 0 or x.dtype.itemsize < 8:
+            return tuple(out)
+        with np.errstate(invalid="ignore"):
+            huge = np.isfinite(lo) & np.isfinite(hi) & (np.maximum(-lo, hi) >= HUGE)
+        if not huge.any():
+            return tuple(out)
+        down = 2.0 ** -SCALE_BITS
+        scaled = np.ascontiguousarray(x[:, huge, :], dtype=np.float64) * down
+        k = shift[huge] * down
+        n, nf, mean, m2, slo, shi, _ = StatsAccumulator._float_kernels(scaled, k, policy)
+        mean = np.clip(mean, slo - k, shi - k)  # a rounded mean may not leave [min, max]
+        with np.errstate(over="ignore"):
+            out[2][huge] = mean * 2.0 ** SCALE_BITS
+            out[3][huge] = m2 * 2.0 ** (2 * SCALE_BITS)  # inf only where the true m2 is
+        out[0][huge], out[1][huge] = n, nf
+        return tuple(out)
+
+    @staticmethod
+    def _float_kernels(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
         n_outer, n_feat, n_inner = x.shape
 
         def fresh(width: int) -> list[np.ndarray]:
@@ -500,6 +652,12 @@ class StatsAccumulator:
         if (self._feature_names is not None and other._feature_names is not None
                 and self._feature_names != other._feature_names):
             raise IncompatibleStatsError("cannot merge accumulators with different feature names")
+        if (self._n_features is not None and other._n_features is not None
+                and other._n_features != self._n_features):
+            raise IncompatibleStatsError(
+                f"cannot merge {other._n_features} features into an accumulator of "
+                f"{self._n_features} features (from its feature names or batches)"
+            )
         if other._kind is None:
             self._n_batches += other._n_batches
             return self
@@ -512,18 +670,25 @@ class StatsAccumulator:
             return self
         if other._kind != self._kind:
             raise IncompatibleStatsError(
-                f"cannot merge statistics of {other._dtype} data into statistics of {self._dtype} data"
+                f"cannot merge statistics of {other.dtype_name} data into statistics of "
+                f"{self.dtype_name} data: integer and float statistics do not mix"
             )
-        if other._n_features != self._n_features:
-            raise IncompatibleStatsError(
-                f"cannot merge {other._n_features} features into {self._n_features}"
-            )
+        offset = None
+        if self._histogram:
+            offset = _histogram_offset(self._dtype, other._dtype)
+            if offset is None:
+                raise IncompatibleStatsError(
+                    f"cannot merge histograms of {other._dtype.name} data into histograms of "
+                    f"{self._dtype.name} data (int8 holds -128..127, uint8 0..255, no 256 bins hold "
+                    f"both); accumulate one 8-bit dtype, or use histogram=False"
+                )
         a, b = self._arrays, other._arrays
         if self._kind == INT_KIND:
             self._flush()
             other._flush()
             if self._histogram:
-                a["hist"] += b["hist"]
+                a["hist"] = (_rebinned(a["hist"], self._dtype, offset)
+                             + _rebinned(b["hist"], other._dtype, offset))
             else:
                 a["int_sum"] += b["int_sum"]
                 a["int_sumsq"] += b["int_sumsq"]
@@ -533,17 +698,18 @@ class StatsAccumulator:
         else:
             take = (a["has_shift"] == 0) & (b["has_shift"] == 1)
             shift = np.where(take, b["shift"], a["shift"])
-            mean_b = b["mean"] + (b["shift"] - shift)
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean_b = b["mean"] + (b["shift"] - shift)
             count, mean, m2 = chan_merge(a["count"], a["mean"], a["m2"], b["count"], mean_b, b["m2"])
             nan_min = np.isnan(a["min"]) | np.isnan(b["min"])
-            a.update(
-                count=count.astype(np.int64), mean=mean, m2=m2, shift=shift,
-                has_shift=a["has_shift"] | b["has_shift"],
-                min=np.where(nan_min, np.nan, np.fmin(a["min"], b["min"])),
-                max=np.where(nan_min, np.nan, np.fmax(a["max"], b["max"])),
-            )
+            lo = np.where(nan_min, np.nan, np.fmin(a["min"], b["min"]))
+            hi = np.where(nan_min, np.nan, np.fmax(a["max"], b["max"]))
+            mean, m2 = _nonfinite_moments(mean, m2, lo, hi)
+            a.update(count=count.astype(np.int64), mean=mean, m2=m2, shift=shift,
+                     has_shift=a["has_shift"] | b["has_shift"], min=lo, max=hi)
         a["nan_count"] += b["nan_count"]
         self._dtype = np.promote_types(self._dtype, other._dtype)
+        self._bfloat16 = bool(self._bfloat16 and other._bfloat16)
         self._n_batches += other._n_batches
         return self
 
@@ -561,7 +727,7 @@ class StatsAccumulator:
             )
         a = self._arrays
         names = self._feature_names or tuple(str(i) for i in range(self._n_features))
-        common = dict(layout=self.layout, feature_names=names, dtype=self._dtype.name,
+        common = dict(layout=self.layout, feature_names=names, dtype=self.dtype_name,
                       count=a["count"], nan_count=a["nan_count"])
         if self._kind == FLOAT_KIND:
             empty = a["count"] == 0
@@ -610,7 +776,7 @@ class StatsAccumulator:
             "histogram": self._histogram,
             "feature_names": None if self._feature_names is None else list(self._feature_names),
             "kind": self._kind,
-            "dtype": None if self._dtype is None else self._dtype.name,
+            "dtype": self.dtype_name,
             "n_batches": self._n_batches,
             "n_features": self._n_features,
         }
@@ -621,7 +787,18 @@ class StatsAccumulator:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`; continuing equals never stopping."""
+        """Restore a state from :meth:`state_dict`; continuing equals never stopping.
+
+        Raises
+        ------
+        StreamnormError
+            For anything but a consistent state of an accumulator with this
+            layout and histogram setting (then nothing changes).
+        """
+        if not isinstance(state, Mapping):
+            raise StreamnormError(
+                f"a StatsAccumulator state is a dict from state_dict(), got a {type(state).__name__}"
+            )
         try:
             if state.get("format") != self.STATE_FORMAT:
                 raise StreamnormError("not a StatsAccumulator state")
@@ -655,16 +832,34 @@ class StatsAccumulator:
                         if value.shape != template.shape:
                             raise StreamnormError(f"{key} has shape {value.shape}, expected {template.shape}")
                         template[...] = value
-                fresh._dtype = np.dtype(state["dtype"])
+                fresh._restore_dtype(str(state["dtype"]), kind)
             fresh._n_batches = int(state["n_batches"])
             fresh._n_features = None if state["n_features"] is None else int(state["n_features"])
+            if names is not None and fresh._n_features is not None and len(names) != fresh._n_features:
+                raise StreamnormError(
+                    f"malformed StatsAccumulator state: {len(names)} feature names for "
+                    f"{fresh._n_features} features"
+                )
         except StreamnormError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StreamnormError(f"malformed StatsAccumulator state: {exc!r}") from None
         pool = self._pool
         self.__dict__.update(fresh.__dict__)
         self._pool = pool
+
+    def _restore_dtype(self, name: str, kind: str) -> None:
+        """Set the dtype of a loaded state, refusing one its arrays cannot hold."""
+        self._bfloat16 = name == BFLOAT16
+        dtype = np.dtype(np.float32 if self._bfloat16 else name)
+        expected = INT_KIND if dtype.kind in "biu" and dtype.itemsize < 8 else FLOAT_KIND
+        if dtype.kind not in "biuf" or expected != kind:
+            raise StreamnormError(f"malformed StatsAccumulator state: dtype {name!r} does not fit kind {kind!r}")
+        if self._histogram and dtype.itemsize != 1:
+            raise StreamnormError(
+                f"malformed StatsAccumulator state: a histogram needs 8-bit data, but its dtype is {name!r}"
+            )
+        self._dtype = dtype
 
     def copy(self) -> StatsAccumulator:
         """An independent copy (same configuration and state)."""
@@ -724,6 +919,11 @@ def compute_stats(
         type(source).__module__.startswith("torch") and hasattr(source, "detach")
     ):
         return acc.update(source).result()
+    if isinstance(source, (str, bytes, Mapping)) or not isinstance(source, Iterable):
+        raise StreamnormError(
+            f"source is a {type(source).__name__}; pass an iterable of batches (a list, a "
+            f"DataLoader, a generator) or one numpy array or torch tensor"
+        )
     for batch in source:
         acc.update(pick(batch, key))
     return acc.result()

@@ -38,22 +38,41 @@ def chan_merge(
     ``d = mB - mA; m = mA + d*nB/n; M2 = M2A + M2B + d*d*nA*nB/n``, elementwise,
     with empty sides (``n == 0``) passing the other side through unchanged.
 
+    The terms are ordered so that nothing overflows unless the result does:
+    ``d`` is carried as ``mB/2 - mA/2``, the mean moves from the side holding
+    more values, and ``d*d*nA*nB/n`` is ``4 * ((d/2 * nA*nB/n) * d/2)``. A side
+    with a non-finite mean gives numpy's answer: the sum of the means (inf,
+    -inf or NaN) and a NaN ``M2``.
+
     Examples
     --------
     >>> n, m, m2 = chan_merge(np.array([2.]), np.array([1.]), np.array([2.]),
     ...                       np.array([2.]), np.array([5.]), np.array([2.]))
     >>> float(m[0]), float(m2[0])
     (3.0, 20.0)
+    >>> big = np.array([1.7e308])
+    >>> _, m, m2 = chan_merge(np.array([1.]), -big, np.array([0.]), np.array([1.]), big, np.array([0.]))
+    >>> float(m[0]), float(m2[0])
+    (0.0, inf)
     """
     n_a = np.asarray(n_a, dtype=np.float64)
     n_b = np.asarray(n_b, dtype=np.float64)
+    mean_a = np.asarray(mean_a, dtype=np.float64)
+    mean_b = np.asarray(mean_b, dtype=np.float64)
     n = n_a + n_b
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        delta = mean_b - mean_a
-        frac_b = np.where(n > 0, n_b / np.where(n > 0, n, 1.0), 0.0)
-        mean = np.where(n_a == 0, mean_b, np.where(n_b == 0, mean_a, mean_a + delta * frac_b))
-        cross = delta * delta * (n_a * frac_b)
-        m2 = np.where(n_a == 0, m2_b, np.where(n_b == 0, m2_a, m2_a + m2_b + cross))
+        safe_n = np.where(n > 0, n, 1.0)
+        frac_a = n_a / safe_n
+        frac_b = n_b / safe_n
+        half = mean_b * 0.5 - mean_a * 0.5
+        both = np.where(frac_b <= 0.5, mean_a + (half * frac_b) * 2.0, mean_b - (half * frac_a) * 2.0)
+        cross = ((half * (n_a * frac_b)) * half) * 4.0
+        both_m2 = m2_a + m2_b + cross
+        nonfinite = ~(np.isfinite(mean_a) & np.isfinite(mean_b))
+        both = np.where(nonfinite, mean_a + mean_b, both)
+        both_m2 = np.where(nonfinite, np.nan, both_m2)
+        mean = np.where(n_a == 0, mean_b, np.where(n_b == 0, mean_a, both))
+        m2 = np.where(n_a == 0, m2_b, np.where(n_b == 0, m2_a, both_m2))
     return n, mean, m2
 
 
@@ -73,6 +92,34 @@ def exact_moments(count: int, total: int, total_sq: int) -> tuple[float, float]:
     mean = Fraction(total, count)
     m2 = Fraction(count * total_sq - total * total, count)
     return float(mean), float(m2)
+
+
+BFLOAT16 = "bfloat16"
+
+
+def dtype_name(dtype: Any) -> str:
+    """numpy's name of ``dtype``, or ``"bfloat16"`` (torch's, which numpy lacks).
+
+    Examples
+    --------
+    >>> dtype_name(np.uint8), dtype_name("bfloat16")
+    ('uint8', 'bfloat16')
+    """
+    return BFLOAT16 if str(dtype) == BFLOAT16 else np.dtype(dtype).name
+
+
+def promote_dtype_names(names: Iterable[str]) -> str:
+    """The dtype name of data of all ``names`` together (bfloat16 with others as float32).
+
+    Examples
+    --------
+    >>> promote_dtype_names(["bfloat16", "bfloat16"]), promote_dtype_names(["bfloat16", "float16"])
+    ('bfloat16', 'float32')
+    """
+    names = list(names)
+    if all(name == BFLOAT16 for name in names):
+        return BFLOAT16
+    return np.result_type(*[np.dtype(np.float32 if n == BFLOAT16 else n) for n in names]).name
 
 
 def _readonly(values: Any, dtype: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -155,7 +202,7 @@ class Stats:
         set_ = object.__setattr__
         set_(self, "feature_names", names)
         set_(self, "layout", str(self.layout))
-        set_(self, "dtype", np.dtype(self.dtype).name)
+        set_(self, "dtype", dtype_name(self.dtype))
         for field in ("count", "nan_count"):
             set_(self, field, _readonly(getattr(self, field), np.int64, (nf,), field))
         for field in ("mean", "m2", "min", "max"):
@@ -196,8 +243,10 @@ class Stats:
         >>> round(float(s.variance(ddof=1)[0]), 12)
         2.333333333333
         """
-        if ddof < 0:
-            raise StreamnormError(f"ddof must be >= 0, got {ddof}")
+        if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+            raise StreamnormError(
+                f"ddof must be an integer >= 0 (0: population, 1: sample variance), got {ddof!r}"
+            )
         denom = self.count.astype(np.float64) - ddof
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(denom > 0, self.m2 / np.where(denom > 0, denom, 1.0), np.nan)
@@ -243,8 +292,15 @@ class Stats:
                 "these statistics carry no histogram, so quantiles are unknown; accumulate "
                 "8-bit data with StatsAccumulator(..., histogram=True)"
             )
-        qs = np.asarray(q, dtype=np.float64)
-        if qs.ndim > 1 or np.any(~((qs >= 0) & (qs <= 1))):
+        try:
+            qs = np.asarray(q, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise StreamnormError(f"q must be a number or a sequence of numbers in [0, 1], got {q!r}") from None
+        if qs.ndim > 1:
+            raise StreamnormError(
+                f"q must be a number or a flat sequence of numbers, got shape {qs.shape}: {q!r}"
+            )
+        if np.any(~((qs >= 0) & (qs <= 1))):
             raise StreamnormError(f"quantiles must be in [0, 1], got {q!r}")
         flat = np.atleast_1d(qs)
         out = np.full((flat.size, self.n_features), np.nan)
@@ -339,7 +395,7 @@ class Stats:
             return first
         count = sum(item.count for item in items)
         nan_count = sum(item.nan_count for item in items)
-        dtype = np.result_type(*[np.dtype(item.dtype) for item in items]).name
+        dtype = promote_dtype_names(item.dtype for item in items)
         histogram = None if first.histogram is None else sum(item.histogram for item in items)
         lo, hi = first.min, first.max
         seen = first.count > 0

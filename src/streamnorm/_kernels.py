@@ -313,6 +313,14 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 @_jit
+def _corrected_m2(acc, comp, n):
+    """Two-pass M2 ``acc - comp**2/n``; ``comp**2/n <= acc``, so an infinite ``acc`` stays inf."""
+    if acc == np.inf:
+        return acc  # the correction may overflow too, and inf - inf is NaN
+    return acc - comp * (comp / n)
+
+
+@_jit
 def _merge_range(lo, hi, new_lo, new_hi):
     """Merge two (min, max) ranges; a NaN on either side (propagate) wins."""
     if np.isnan(new_lo) or np.isnan(lo):
@@ -364,7 +372,7 @@ def _careful_span(v, k, policy):
     if saw_nan:
         lo = np.nan
         hi = np.nan
-    return float(n), nonfinite, mean + comp / n, acc - comp * comp / n, lo, hi, 0
+    return float(n), nonfinite, mean + comp / n, _corrected_m2(acc, comp, n), lo, hi, 0
 
 
 @_jit
@@ -411,7 +419,7 @@ def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
                     acc[j] += d * d
                     comp[j] += d
             for j in range(width):
-                cm2 = acc[j] - comp[j] * comp[j] / nb
+                cm2 = _corrected_m2(acc[j], comp[j], nb)
                 cm = total[j] + comp[j] / nb
                 n[j], mean[j], m2[j] = _chan(n[j], mean[j], m2[j], float(nb), cm, cm2)
                 mn[j] = lo[j]

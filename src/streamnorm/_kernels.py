@@ -300,9 +300,12 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
         return n_a, mean_a, m2_a
     if n_a == 0.0:
         return n_b, mean_b, m2_b
-    # as stats.chan_merge: half differences, the mean moved from the larger
-    # side, the cross term ordered so it overflows only where its value does
+    # Half differences, the mean moved from the side holding more values, the
+    # cross term ordered so it overflows only where its value does; a
+    # non-finite mean gives numpy's sum of the means and a NaN M2.
     n = n_a + n_b
+    if not (np.isfinite(mean_a) and np.isfinite(mean_b)):
+        return n, mean_a + mean_b, np.nan
     frac_b = n_b / n
     half = mean_b * 0.5 - mean_a * 0.5
     if frac_b <= 0.5:
@@ -310,6 +313,13 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     else:
         mean = mean_b - (half * (n_a / n)) * 2.0
     return n, mean, m2_a + m2_b + ((half * (n_a * frac_b)) * half) * 4.0
+
+
+@_jit
+def chan_arrays(n_a, mean_a, m2_a, n_b, mean_b, m2_b, n, mean, m2):
+    """Elementwise :func:`_chan` of two 1-D sets of moments into ``n, mean, m2``."""
+    for i in range(n.shape[0]):
+        n[i], mean[i], m2[i] = _chan(n_a[i], mean_a[i], m2_a[i], n_b[i], mean_b[i], m2_b[i])
 
 
 @_jit

@@ -144,6 +144,8 @@ def _nonfinite_moments(mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
     infinity), whatever the batching: NaN or both infinities give a NaN mean,
     one infinity gives that infinity; m2 is NaN, as ``numpy.var`` gives.
     """
+    if lo.min(initial=np.inf) > -np.inf and hi.max(initial=-np.inf) < np.inf:
+        return mean, m2  # only finite values entered (a NaN fails both tests)
     with np.errstate(invalid="ignore"):
         nan = np.isnan(lo) | ((lo == -np.inf) & (hi == np.inf))
         pos = ~nan & (hi == np.inf)
@@ -374,7 +376,9 @@ class StatsAccumulator:
         return self
 
     def _promoted(self, dtype: np.dtype) -> np.dtype:
-        return dtype if self._dtype is None else np.promote_types(self._dtype, dtype)
+        if self._dtype is None or dtype == self._dtype:
+            return dtype
+        return np.promote_types(self._dtype, dtype)
 
     def _check_features(self, n_feat: int, index: int) -> None:
         if self._n_features is not None and n_feat != self._n_features:
@@ -389,7 +393,7 @@ class StatsAccumulator:
             )
 
     def _check_dtype(self, kind: str, dtype: np.dtype, index: int, name: str | None) -> None:
-        shown = name or dtype.name
+        shown = name or dtype  # str(dtype) only when an error is raised: .name is slow
         if self._kind is not None and kind != self._kind:
             raise DTypeError(
                 f"batch {index} has dtype {shown} but earlier batches were {self.dtype_name}; integer "
@@ -400,7 +404,8 @@ class StatsAccumulator:
                 f"batch {index} has dtype {shown}, but histogram=True needs 8-bit integer data "
                 f"(uint8, int8 or bool); pass histogram=False for other dtypes"
             )
-        if self._histogram and self._dtype is not None and _histogram_offset(self._dtype, dtype) is None:
+        if (self._histogram and self._dtype is not None and dtype != self._dtype
+                and _histogram_offset(self._dtype, dtype) is None):
             raise DTypeError(
                 f"batch {index} has dtype {shown} but earlier batches were {self._dtype.name}: with "
                 f"histogram=True their 256-bin histograms cannot be combined (int8 holds -128..127, "
@@ -444,6 +449,8 @@ class StatsAccumulator:
         parts = 1
         if self._threads > 1 and view.nbytes >= MIN_PARALLEL_BYTES:
             parts = min(self._threads, view.shape[0])
+        if parts == 1:
+            return [view]
         return [view[a:b] for a, b in _split_rows(view.shape[0], parts)]
 
     # integers ---------------------------------------------------------
@@ -477,14 +484,13 @@ class StatsAccumulator:
         """Count 8-bit values into the bins of ``dtype``, the dtype of all batches so far."""
         a = self._arrays
         offset = _bin_offset(dtype)
-        hist = a["hist"]
-        if self._dtype is not None and _bin_offset(self._dtype) != offset:
-            hist = np.roll(hist, -offset, axis=1)  # bool counts move to int8's bins of 0 and 1
+        if self._dtype is not None and dtype != self._dtype and _bin_offset(self._dtype) != offset:
+            a["hist"] = np.roll(a["hist"], -offset, axis=1)  # bool counts move to int8's bins of 0, 1
         unsigned = view.view(np.uint8)
         xor = np.uint8(-offset)  # maps an int8 (or bool) byte to its int8 bin
+        hist = a["hist"]
         for h in self._run(self._parts(unsigned), lambda x: self._hist_task(x, xor)):
-            hist = hist + h
-        a["hist"] = hist
+            hist += h
         a["count"] += unsigned.shape[0] * unsigned.shape[2]
 
     @staticmethod
@@ -584,8 +590,8 @@ class StatsAccumulator:
         """
         out = list(StatsAccumulator._float_kernels(x, shift, policy))
         lo, hi, bad = out[4], out[5], out[6]
-        if bad >= 0 or x.dtype.itemsize < 8:
-            return tuple(out)
+        if bad >= 0 or x.dtype.itemsize < 8 or max(-lo.min(), hi.max()) < HUGE:
+            return tuple(out)  # (a NaN fails the last test: look closer below)
         with np.errstate(invalid="ignore"):
             huge = np.isfinite(lo) & np.isfinite(hi) & (np.maximum(-lo, hi) >= HUGE)
         if not huge.any():

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _kernels as K
 from .errors import IncompatibleStatsError, StreamnormError
 
 __all__ = ["Stats", "chan_merge", "exact_moments", "HISTOGRAM_BINS"]
@@ -55,24 +56,13 @@ def chan_merge(
     >>> float(m[0]), float(m2[0])
     (0.0, inf)
     """
-    n_a = np.asarray(n_a, dtype=np.float64)
-    n_b = np.asarray(n_b, dtype=np.float64)
-    mean_a = np.asarray(mean_a, dtype=np.float64)
-    mean_b = np.asarray(mean_b, dtype=np.float64)
-    n = n_a + n_b
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        safe_n = np.where(n > 0, n, 1.0)
-        frac_a = n_a / safe_n
-        frac_b = n_b / safe_n
-        half = mean_b * 0.5 - mean_a * 0.5
-        both = np.where(frac_b <= 0.5, mean_a + (half * frac_b) * 2.0, mean_b - (half * frac_a) * 2.0)
-        cross = ((half * (n_a * frac_b)) * half) * 4.0
-        both_m2 = m2_a + m2_b + cross
-        nonfinite = ~(np.isfinite(mean_a) & np.isfinite(mean_b))
-        both = np.where(nonfinite, mean_a + mean_b, both)
-        both_m2 = np.where(nonfinite, np.nan, both_m2)
-        mean = np.where(n_a == 0, mean_b, np.where(n_b == 0, mean_a, both))
-        m2 = np.where(n_a == 0, m2_b, np.where(n_b == 0, m2_a, both_m2))
+    inputs = np.broadcast_arrays(*[np.asarray(v, dtype=np.float64) for v in
+                                   (n_a, mean_a, m2_a, n_b, mean_b, m2_b)])
+    shape = inputs[0].shape
+    flat = [np.ascontiguousarray(v).reshape(-1) for v in inputs]
+    out = [np.empty(flat[0].size) for _ in range(3)]
+    K.chan_arrays(*flat, *out)  # one loop, the same arithmetic as the kernels' merges
+    n, mean, m2 = (v.reshape(shape) for v in out)
     return n, mean, m2
 
 

@@ -39,6 +39,11 @@ def test_empty_batches_fix_neither_dtype_nor_features(empty_dtype, then, histogr
     assert acc.result().equals(expected) and acc.n_batches == 3
     only_empty = sn.StatsAccumulator("NF").update(np.zeros((0, 5), empty_dtype))
     assert only_empty.dtype is None and only_empty.n_features is None
+    nothing = only_empty.result()  # no data: count 0 for the features the empty batches had
+    assert nothing.count.tolist() == [0] * 5 and nothing.dtype == np.dtype(empty_dtype).name
+    resumed = sn.StatsAccumulator("NF")
+    resumed.load_state_dict(only_empty.state_dict())
+    assert resumed.result().equals(nothing)
     only_empty.update(np.ones((1, 2), np.uint8))  # any width and dtype still welcome
     assert only_empty.n_features == 2
 

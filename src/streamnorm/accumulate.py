@@ -154,6 +154,11 @@ def _nonfinite_moments(mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
     return mean, np.where(nan | pos | neg, np.nan, m2)
 
 
+def _empty_union(a: tuple[int, np.dtype] | None, b: tuple[int, np.dtype]) -> tuple[int, np.dtype]:
+    """Features and dtype that empty batches ``a`` and ``b`` together report."""
+    return b if a is None else (b[0], np.promote_types(a[1], b[1]))
+
+
 def _bin_offset(dtype: np.dtype) -> int:
     """Value held by histogram bin 0 for 8-bit ``dtype`` (as :attr:`Stats.histogram_offset`)."""
     return -128 if dtype == np.int8 else 0
@@ -313,6 +318,9 @@ class StatsAccumulator:
         # whether every batch was torch bfloat16 (held as float32, whose values it has)
         self._bfloat16: bool | None = None
         self._n_batches = 0
+        # (features, dtype) of the empty batches seen before any data: what a
+        # result without data reports; it fixes nothing for later batches
+        self._empty: tuple[int, np.dtype] | None = None
         self._n_features = None if self._feature_names is None else len(self._feature_names)
         self._arrays: dict[str, np.ndarray] = {}
         # integer path: pending int64 sums of the offset values of _pending_dtype
@@ -338,8 +346,9 @@ class StatsAccumulator:
 
         Notes
         -----
-        An empty batch is counted in :attr:`n_batches` and changes nothing
-        else: it fixes neither the dtype nor the feature count.
+        An empty batch is counted in :attr:`n_batches` and fixes neither the
+        dtype nor the feature count; when no batch holds data, :meth:`result`
+        reports count 0 for the empty batches' features.
         """
         index = self._n_batches
         arr, name = _as_array(batch, index)
@@ -352,6 +361,8 @@ class StatsAccumulator:
         n_feat = view.shape[1]
         self._check_features(n_feat, index)
         if view.size == 0:
+            if self._kind is None:
+                self._empty = _empty_union(self._empty, (n_feat, source_dtype))
             self._n_batches += 1
             return self
         self._check_dtype(kind, source_dtype, index, name)
@@ -371,6 +382,7 @@ class StatsAccumulator:
                 self.reset()
             raise
         self._dtype = dtype
+        self._empty = None
         self._bfloat16 = name == BFLOAT16 and self._bfloat16 is not False
         self._n_batches += 1
         return self
@@ -665,6 +677,8 @@ class StatsAccumulator:
                 f"{self._n_features} features (from its feature names or batches)"
             )
         if other._kind is None:
+            if self._kind is None and other._empty is not None:
+                self._empty = _empty_union(self._empty, other._empty)
             self._n_batches += other._n_batches
             return self
         if self._kind is None:
@@ -727,6 +741,8 @@ class StatsAccumulator:
         StreamnormError
             When no batch has been seen.
         """
+        if self._kind is None and self._empty is not None:
+            return self._empty_result()
         if self._kind is None:
             raise StreamnormError(
                 "the accumulator has seen no data; call update() with at least one batch first"
@@ -766,6 +782,16 @@ class StatsAccumulator:
             int_sum=tuple(int(v) for v in int_sum), int_sumsq=tuple(int(v) for v in int_sumsq),
         )
 
+    def _empty_result(self) -> Stats:
+        """count-0 statistics of the features of the empty batches seen."""
+        n_feat, dtype = self._empty
+        kind, _ = _classify(np.empty(0, dtype), self._n_batches)
+        probe = StatsAccumulator(self.layout, self._feature_names, self._histogram and dtype.itemsize == 1
+                                 and kind == INT_KIND, self._nan_policy)
+        probe._start(kind, n_feat)
+        probe._dtype = dtype
+        return probe.result()
+
     # -- state -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The whole state as plain values: str, int, float, lists, numpy arrays.
@@ -785,6 +811,7 @@ class StatsAccumulator:
             "dtype": self.dtype_name,
             "n_batches": self._n_batches,
             "n_features": self._n_features,
+            "empty": None if self._empty is None else [self._empty[0], self._empty[1].name],
         }
         for key, value in self._arrays.items():
             if key.startswith("p_"):
@@ -840,6 +867,9 @@ class StatsAccumulator:
                         template[...] = value
                 fresh._restore_dtype(str(state["dtype"]), kind)
             fresh._n_batches = int(state["n_batches"])
+            empty = state.get("empty")
+            if kind is None and empty is not None:
+                fresh._empty = (int(empty[0]), np.dtype(str(empty[1])))
             fresh._n_features = None if state["n_features"] is None else int(state["n_features"])
             if names is not None and fresh._n_features is not None and len(names) != fresh._n_features:
                 raise StreamnormError(

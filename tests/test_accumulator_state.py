@@ -52,6 +52,8 @@ def _started(kind: str) -> sn.StatsAccumulator:
     names = ["a", "b", "c"]
     if kind == "fresh":
         return sn.StatsAccumulator("NF", feature_names=names)
+    if kind == "empty":  # only empty batches so far
+        return sn.StatsAccumulator("NF", feature_names=names).update(np.zeros((0, 3), np.float32))
     if kind == "float":
         return sn.StatsAccumulator("NF", feature_names=names).update(np.arange(6.0).reshape(2, 3))
     if kind == "int":
@@ -75,7 +77,7 @@ FAILURES = {
 }
 
 
-@pytest.mark.parametrize("kind", ["fresh", "float", "int", "hist"])
+@pytest.mark.parametrize("kind", ["fresh", "empty", "float", "int", "hist"])
 @pytest.mark.parametrize("failure", sorted(FAILURES))
 def test_a_failing_update_leaves_the_state_untouched(kind, failure):
     acc = _started(kind)
@@ -93,11 +95,13 @@ def test_a_failing_update_leaves_the_state_untouched(kind, failure):
     assert acc.update(good).result().count.sum() > 0
 
 
+_FRESH_VALID = [("fresh", "int after float"), ("fresh", "float after int"), ("fresh", "wide histogram"),
+                ("fresh", "int8 after uint8 histogram")]
 VALID = {
-    ("fresh", "int after float"), ("fresh", "float after int"), ("int", "int after float"),
-    ("float", "float after int"), ("fresh", "wide histogram"), ("int", "wide histogram"),
-    ("fresh", "int8 after uint8 histogram"), ("int", "int8 after uint8 histogram"),
+    *_FRESH_VALID, ("int", "int after float"), ("float", "float after int"), ("int", "wide histogram"),
+    ("int", "int8 after uint8 histogram"),
     ("hist", "int after float"),
+    *[("empty", failure) for kind, failure in _FRESH_VALID],
 }
 
 

@@ -369,6 +369,7 @@ class StatsAccumulator:
         dtype = self._promoted(source_dtype)
         fresh = self._kind is None
         if fresh:
+            before = (self._n_features, self._pending_dtype, self._pending_values)
             self._start(kind, n_feat)
         try:
             if kind == FLOAT_KIND:
@@ -378,8 +379,9 @@ class StatsAccumulator:
             else:
                 self._update_int(view, arr.dtype)
         except BaseException:
-            if fresh:  # a failed first batch leaves the accumulator as new
-                self.reset()
+            if fresh:  # a failed first batch leaves the accumulator as it was
+                self._kind, self._arrays = None, {}
+                self._n_features, self._pending_dtype, self._pending_values = before
             raise
         self._dtype = dtype
         self._empty = None

@@ -40,11 +40,10 @@ TARGET_LANES = {1: 384, 2: 256, 4: 128, 8: 64}
 # Values per feature that pending int64 sums may absorb before they are
 # flushed into exact Python integers (see the overflow notes in _kernels).
 PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
-# Float overflow guards. A shift of magnitude below 2**969 (half an ulp of the
-# largest float64) never moves ``mean - shift`` past it, so larger first values
-# give shift 0. Below HUGE, a kernel's block sums of ``x - shift`` stay finite;
-# features with larger values are reduced again scaled by 2**-SCALE_BITS.
-SHIFT_LIMIT = 2.0 ** 969
+# Float overflow guards. While every |x - shift| < HUGE, a kernel's block sums
+# (at most 2**13 values) stay finite; features beyond are reduced again scaled
+# by 2**-SCALE_BITS. A feature whose range is wider than the largest float64
+# is accumulated about shift 0, so that ``mean - shift`` stays finite.
 HUGE = 2.0 ** 1000
 SCALE_BITS = 64
 
@@ -152,6 +151,13 @@ def _nonfinite_moments(mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
         neg = ~nan & (lo == -np.inf)
     mean = np.where(nan, np.nan, np.where(pos, np.inf, np.where(neg, -np.inf, mean)))
     return mean, np.where(nan | pos | neg, np.nan, m2)
+
+
+def _too_wide(lo: np.ndarray, hi: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Features with a nonzero shift whose finite range is wider than the largest float64."""
+    with np.errstate(invalid="ignore"):
+        return (np.isfinite(lo) & np.isfinite(hi) & (shift != 0)
+                & (hi * 0.5 - lo * 0.5 > np.finfo(np.float64).max * 0.5))
 
 
 def _empty_union(a: tuple[int, np.dtype] | None, b: tuple[int, np.dtype]) -> tuple[int, np.dtype]:
@@ -573,22 +579,29 @@ class StatsAccumulator:
         has_shift = a["has_shift"].copy()
         if not has_shift.all():
             K.first_finite(view, shift, has_shift)
-            shift[np.abs(shift) >= SHIFT_LIMIT] = 0.0
         policy = NAN_POLICIES[self._nan_policy]
-        results = self._run(self._parts(view), lambda x: self._float_task(x, shift, policy))
-        count, mean, m2 = a["count"], a["mean"], a["m2"]
-        lo, hi, nonfinite = a["min"], a["max"], a["nan_count"].copy()
-        for n, nf, pmean, pm2, plo, phi, bad in results:
+        parts = self._parts(view)
+        results = self._run(parts, lambda x: self._float_task(x, shift, policy))
+        for *_, bad in results:
             if bad >= 0:
-                name = self._name(bad)
                 raise NonFiniteError(
-                    f"batch {index}: feature {name} has a non-finite value (NaN or inf); clean "
-                    f"the data, or pass nan_policy='omit' to skip such values (they are counted "
+                    f"batch {index}: feature {self._name(bad)} has a non-finite value (NaN or inf); "
+                    f"clean the data, or pass nan_policy='omit' to skip such values (they are counted "
                     f"in nan_count) or nan_policy='propagate' to let them through"
                 )
-            count, mean, m2 = chan_merge(count, mean, m2, n, pmean, pm2)
+        lo, hi = a["min"], a["max"]
+        for _, _, _, _, plo, phi, _ in results:
             lo = np.where(np.isnan(plo) | np.isnan(lo), np.nan, np.fmin(lo, plo))
             hi = np.where(np.isnan(phi) | np.isnan(hi), np.nan, np.fmax(hi, phi))
+        mean = a["mean"]
+        wide = _too_wide(lo, hi, shift)
+        if wide.any():  # about shift 0 from now on: x - shift would overflow
+            mean = np.where(wide, mean + shift, mean)
+            shift = np.where(wide, 0.0, shift)
+            results = self._run(parts, lambda x: self._float_task(x, shift, policy))
+        count, m2, nonfinite = a["count"], a["m2"], a["nan_count"].copy()
+        for n, nf, pmean, pm2, *_ in results:
+            count, mean, m2 = chan_merge(count, mean, m2, n, pmean, pm2)
             nonfinite = nonfinite + nf
         mean, m2 = _nonfinite_moments(mean, m2, lo, hi)
         a.update(count=count.astype(np.int64), mean=mean, m2=m2, min=lo, max=hi,
@@ -598,16 +611,18 @@ class StatsAccumulator:
     def _float_task(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
         """Moments of one part about ``shift``, safe up to the largest float64.
 
-        Features holding values of magnitude >= ``HUGE`` are reduced again,
-        scaled by ``2**-SCALE_BITS`` (exact), so that no sum or difference
-        overflows unless the true result does; min and max stay unscaled.
+        Features where some ``|x - shift|`` reaches ``HUGE`` are reduced
+        again, scaled by ``2**-SCALE_BITS`` (exact), so that no sum or
+        difference overflows unless the true result does; min and max stay
+        unscaled.
         """
         out = list(StatsAccumulator._float_kernels(x, shift, policy))
         lo, hi, bad = out[4], out[5], out[6]
-        if bad >= 0 or x.dtype.itemsize < 8 or max(-lo.min(), hi.max()) < HUGE:
-            return tuple(out)  # (a NaN fails the last test: look closer below)
-        with np.errstate(invalid="ignore"):
-            huge = np.isfinite(lo) & np.isfinite(hi) & (np.maximum(-lo, hi) >= HUGE)
+        if bad >= 0 or x.dtype.itemsize < 8 or max(-lo.min(), hi.max(), np.abs(shift).max()) < HUGE / 2:
+            return tuple(out)  # no |x - shift| reaches HUGE (a NaN fails the test: look closer)
+        with np.errstate(invalid="ignore", over="ignore"):
+            huge = (np.isfinite(lo) & np.isfinite(hi)
+                    & (np.maximum(np.abs(lo - shift), np.abs(hi - shift)) >= HUGE))
         if not huge.any():
             return tuple(out)
         down = 2.0 ** -SCALE_BITS
@@ -720,12 +735,18 @@ class StatsAccumulator:
         else:
             take = (a["has_shift"] == 0) & (b["has_shift"] == 1)
             shift = np.where(take, b["shift"], a["shift"])
-            with np.errstate(over="ignore", invalid="ignore"):
-                mean_b = b["mean"] + (b["shift"] - shift)
-            count, mean, m2 = chan_merge(a["count"], a["mean"], a["m2"], b["count"], mean_b, b["m2"])
             nan_min = np.isnan(a["min"]) | np.isnan(b["min"])
             lo = np.where(nan_min, np.nan, np.fmin(a["min"], b["min"]))
             hi = np.where(nan_min, np.nan, np.fmax(a["max"], b["max"]))
+            mean_a = a["mean"]
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean_b = b["mean"] + (b["shift"] - shift)
+                wide = _too_wide(lo, hi, shift) | _too_wide(lo, hi, b["shift"])
+                if wide.any():  # the shifts may be too far apart: both sides about 0
+                    mean_a = np.where(wide, mean_a + a["shift"], mean_a)
+                    mean_b = np.where(wide, b["mean"] + b["shift"], mean_b)
+                    shift = np.where(wide, 0.0, shift)
+            count, mean, m2 = chan_merge(a["count"], mean_a, a["m2"], b["count"], mean_b, b["m2"])
             mean, m2 = _nonfinite_moments(mean, m2, lo, hi)
             a.update(count=count.astype(np.int64), mean=mean, m2=m2, shift=shift,
                      has_shift=a["has_shift"] | b["has_shift"], min=lo, max=hi)

@@ -58,6 +58,8 @@ def _check(stats: sn.Stats, x: list[float], mean: float, m2: float) -> None:
 @example(x=[1.7e308, -1.7e308, 1.0], cuts=[], layout="N", policy="raise")
 @example(x=[-1e308, 1.5e308, 1.5e308, 3.0], cuts=[2], layout="NF", policy="omit")
 @example(x=[8e153, -8e153], cuts=[], layout="N", policy="raise")
+@example(x=[MAX] * 5, cuts=[2], layout="N", policy="raise")  # m2 exactly 0 at the very top
+@example(x=[1.7e308, 1.0, -1.7e308, 2.0], cuts=[1, 2], layout="NF", policy="raise")  # shifts far apart
 def test_values_up_to_float64_max_give_the_same_pattern_whatever_the_batching(x, cuts, layout, policy):
     mean, m2 = _oracle(x)
     arr = np.array(x, dtype=np.float64)

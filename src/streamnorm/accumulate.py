@@ -46,6 +46,7 @@ PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
 # is accumulated about shift 0, so that ``mean - shift`` stays finite.
 HUGE = 2.0 ** 1000
 SCALE_BITS = 64
+_HALF_MAX = float(np.finfo(np.float64).max) * 0.5
 
 _INT_KERNELS = {
     1: (K.u8_planes, K.u8_cols),
@@ -155,9 +156,11 @@ def _nonfinite_moments(mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
 
 def _too_wide(lo: np.ndarray, hi: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Features with a nonzero shift whose finite range is wider than the largest float64."""
+    if float(hi.max(initial=-np.inf)) * 0.5 - float(lo.min(initial=np.inf)) * 0.5 <= _HALF_MAX:
+        return np.zeros(lo.shape, bool)  # (Python floats: a NaN or inf - inf fails quietly)
     with np.errstate(invalid="ignore"):
         return (np.isfinite(lo) & np.isfinite(hi) & (shift != 0)
-                & (hi * 0.5 - lo * 0.5 > np.finfo(np.float64).max * 0.5))
+                & (hi * 0.5 - lo * 0.5 > _HALF_MAX))
 
 
 def _empty_union(a: tuple[int, np.dtype] | None, b: tuple[int, np.dtype]) -> tuple[int, np.dtype]:

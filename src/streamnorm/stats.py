@@ -56,9 +56,11 @@ def chan_merge(
     >>> float(m[0]), float(m2[0])
     (0.0, inf)
     """
-    inputs = np.broadcast_arrays(*[np.asarray(v, dtype=np.float64) for v in
-                                   (n_a, mean_a, m2_a, n_b, mean_b, m2_b)])
+    inputs = [np.asarray(v, dtype=np.float64) for v in (n_a, mean_a, m2_a, n_b, mean_b, m2_b)]
     shape = inputs[0].shape
+    if any(v.shape != shape for v in inputs):
+        inputs = np.broadcast_arrays(*inputs)
+        shape = inputs[0].shape
     flat = [np.ascontiguousarray(v).reshape(-1) for v in inputs]
     out = [np.empty(flat[0].size) for _ in range(3)]
     K.chan_arrays(*flat, *out)  # one loop, the same arithmetic as the kernels' merges

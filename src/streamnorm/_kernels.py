@@ -23,7 +23,9 @@ from overflowing:
 Float kernels accumulate in float64 about a per-feature shift ``k`` (the first
 finite value seen), chunk by chunk: a two-pass mean/M2 per chunk of a few KB
 (the second pass reads from cache), then Chan's merge into the running partial.
-No ``fastmath``: it would fold away the non-finite checks.
+No ``fastmath``: it would fold away the non-finite checks. Chan's merge
+(:func:`_chan`, also behind ``stats.chan_merge``) orders its terms so that it
+overflows only where its result does.
 
 Set ``STREAMNORM_DISABLE_JIT=1`` to run the very same functions as plain Python
 (slow; for debugging and for the test that both agree).

@@ -7,7 +7,12 @@ any numeric dtype), reduces them with the numba kernels of
 - integer input (bool, 8/16/32-bit) keeps exact integer sums: the result is
   bit-identical whatever the batching, threads or merge order;
 - float input (16/32/64-bit, torch bfloat16) and 64-bit integers accumulate in
-  float64 about a per-feature shift, merged with Chan's update.
+  float64 about a per-feature shift, merged with Chan's update; values up to
+  the largest float64 never overflow an intermediate (see ``_float_task``).
+
+Every batch enters through ``_as_array``: foreign byte order, ndarray
+subclasses (``np.matrix``, memmaps) and masked arrays are settled there, once,
+for every caller. A batch that fails leaves the state as it was.
 """
 
 from __future__ import annotations
@@ -315,7 +320,15 @@ class StatsAccumulator:
 
     @property
     def dtype_name(self) -> str | None:
-        """Name of the source dtype: :attr:`dtype`'s name, or ``"bfloat16"``."""
+        """Name of the source dtype: :attr:`dtype`'s name, or ``"bfloat16"``.
+
+        Examples
+        --------
+        >>> import torch, streamnorm as sn
+        >>> acc = sn.StatsAccumulator("NF").update(torch.ones(2, 3, dtype=torch.bfloat16))
+        >>> acc.dtype_name, acc.dtype.name
+        ('bfloat16', 'float32')
+        """
         if self._dtype is None:
             return None
         return BFLOAT16 if self._bfloat16 else self._dtype.name

@@ -23,7 +23,9 @@ from overflowing:
 Float kernels accumulate in float64 about a per-feature shift ``k`` (the first
 finite value seen), chunk by chunk: a two-pass mean/M2 per chunk of a few KB
 (the second pass reads from cache), then Chan's merge into the running partial.
-No ``fastmath``: it would fold away the non-finite checks.
+No ``fastmath``: it would fold away the non-finite checks. Chan's merge
+(:func:`_chan`, also behind ``stats.chan_merge``) orders its terms so that it
+overflows only where its result does.
 
 Set ``STREAMNORM_DISABLE_JIT=1`` to run the very same functions as plain Python
 (slow; for debugging and for the test that both agree).
@@ -65,7 +67,9 @@ def _jit(fn):
     import numba
 
     try:
-        return numba.njit(nogil=True, cache=True)(fn)
+        kernel = numba.njit(nogil=True, cache=True)(fn)
+        _probe_cache(kernel)
+        return kernel
     except (RuntimeError, OSError) as exc:  # no writable cache locator
         if CACHE_ENABLED:
             warnings.warn(
@@ -77,6 +81,18 @@ def _jit(fn):
             )
         CACHE_ENABLED = False
         return numba.njit(nogil=True, cache=False)(fn)
+
+
+def _probe_cache(kernel) -> None:
+    """Raise OSError now if ``kernel``'s cache folder cannot be written.
+
+    Some locators (numba's for zip-imported packages) do not check their
+    folder when the kernel is decorated, so the first call would fail
+    (``NotADirectoryError`` when the user cache path runs through a file).
+    """
+    locator = getattr(getattr(getattr(kernel, "_cache", None), "_impl", None), "_locator", None)
+    if locator is not None and hasattr(locator, "ensure_cache_path"):
+        locator.ensure_cache_path()
 
 
 # --------------------------------------------------------------------------
@@ -286,10 +302,34 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
         return n_a, mean_a, m2_a
     if n_a == 0.0:
         return n_b, mean_b, m2_b
+    # Half differences, the mean moved from the side holding more values, the
+    # cross term ordered so it overflows only where its value does; a
+    # non-finite mean gives numpy's sum of the means and a NaN M2.
     n = n_a + n_b
-    d = mean_b - mean_a
-    frac = n_b / n
-    return n, mean_a + d * frac, m2_a + m2_b + d * d * (n_a * frac)
+    if not (np.isfinite(mean_a) and np.isfinite(mean_b)):
+        return n, mean_a + mean_b, np.nan
+    frac_b = n_b / n
+    half = mean_b * 0.5 - mean_a * 0.5
+    if frac_b <= 0.5:
+        mean = mean_a + (half * frac_b) * 2.0
+    else:
+        mean = mean_b - (half * (n_a / n)) * 2.0
+    return n, mean, m2_a + m2_b + ((half * (n_a * frac_b)) * half) * 4.0
+
+
+@_jit
+def chan_arrays(n_a, mean_a, m2_a, n_b, mean_b, m2_b, n, mean, m2):
+    """Elementwise :func:`_chan` of two 1-D sets of moments into ``n, mean, m2``."""
+    for i in range(n.shape[0]):
+        n[i], mean[i], m2[i] = _chan(n_a[i], mean_a[i], m2_a[i], n_b[i], mean_b[i], m2_b[i])
+
+
+@_jit
+def _corrected_m2(acc, comp, n):
+    """Two-pass M2 ``acc - comp**2/n``; ``comp**2/n <= acc``, so an infinite ``acc`` stays inf."""
+    if acc == np.inf:
+        return acc  # the correction may overflow too, and inf - inf is NaN
+    return acc - comp * (comp / n)
 
 
 @_jit
@@ -344,7 +384,7 @@ def _careful_span(v, k, policy):
     if saw_nan:
         lo = np.nan
         hi = np.nan
-    return float(n), nonfinite, mean + comp / n, acc - comp * comp / n, lo, hi, 0
+    return float(n), nonfinite, mean + comp / n, _corrected_m2(acc, comp, n), lo, hi, 0
 
 
 @_jit
@@ -391,7 +431,7 @@ def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
                     acc[j] += d * d
                     comp[j] += d
             for j in range(width):
-                cm2 = acc[j] - comp[j] * comp[j] / nb
+                cm2 = _corrected_m2(acc[j], comp[j], nb)
                 cm = total[j] + comp[j] / nb
                 n[j], mean[j], m2[j] = _chan(n[j], mean[j], m2[j], float(nb), cm, cm2)
                 mn[j] = lo[j]

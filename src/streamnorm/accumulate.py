@@ -7,13 +7,18 @@ any numeric dtype), reduces them with the numba kernels of
 - integer input (bool, 8/16/32-bit) keeps exact integer sums: the result is
   bit-identical whatever the batching, threads or merge order;
 - float input (16/32/64-bit, torch bfloat16) and 64-bit integers accumulate in
-  float64 about a per-feature shift, merged with Chan's update.
+  float64 about a per-feature shift, merged with Chan's update; values up to
+  the largest float64 never overflow an intermediate (see ``_float_task``).
+
+Every batch enters through ``_as_array``: foreign byte order, ndarray
+subclasses (``np.matrix``, memmaps) and masked arrays are settled there, once,
+for every caller. A batch that fails leaves the state as it was.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,6 +45,13 @@ TARGET_LANES = {1: 384, 2: 256, 4: 128, 8: 64}
 # Values per feature that pending int64 sums may absorb before they are
 # flushed into exact Python integers (see the overflow notes in _kernels).
 PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
+# Float overflow guards. While every |x - shift| < HUGE, a kernel's block sums
+# (at most 2**13 values) stay finite; features beyond are reduced again scaled
+# by 2**-SCALE_BITS. A feature whose range is wider than the largest float64
+# is accumulated about shift 0, so that ``mean - shift`` stays finite.
+HUGE = 2.0 ** 1000
+SCALE_BITS = 64
+_HALF_MAX = float(np.finfo(np.float64).max) * 0.5
 
 _INT_KERNELS = {
     1: (K.u8_planes, K.u8_cols),
@@ -48,10 +60,17 @@ _INT_KERNELS = {
 }
 
 
-def _as_array(batch: Any, index: int) -> np.ndarray:
-    """A numpy view of a batch (numpy array or CPU torch tensor)."""
+BFLOAT16 = "bfloat16"
+
+
+def _as_array(batch: Any, index: int) -> tuple[np.ndarray, str | None]:
+    """A native-byte-order numpy view of a batch, and its dtype name when numpy has none.
+
+    Every batch enters here, so byte order, ndarray subclasses and masks are
+    settled once for every caller (sources, nodes, the command line).
+    """
     if isinstance(batch, np.ndarray):
-        return batch
+        return _native(_plain(batch, index)), None
     if type(batch).__module__.startswith("torch") and hasattr(batch, "detach"):
         tensor = batch.detach()
         if tensor.device.type != "cpu":
@@ -61,20 +80,43 @@ def _as_array(batch: Any, index: int) -> np.ndarray:
             )
         import torch
 
+        name = None
         if tensor.dtype == torch.bfloat16:
-            tensor = tensor.float()
+            # numpy has no bfloat16; its values are exactly float32 values
+            tensor, name = tensor.float(), BFLOAT16
         if tensor.is_conj() or tensor.is_neg():
             tensor = tensor.resolve_conj().resolve_neg()
         try:
-            return tensor.numpy()
+            return tensor.numpy(), name
         except TypeError as exc:  # complex, quantized... dtypes numpy cannot hold
             raise DTypeError(f"batch {index} has unsupported dtype {tensor.dtype}: {exc}") from None
     if isinstance(batch, (int, float, bool, np.generic, list)):
-        return np.asarray(batch)
+        return _native(np.asarray(batch)), None
     raise DTypeError(
         f"batch {index} is a {type(batch).__name__}; pass a numpy array or a CPU torch tensor "
         f"(for tuple or dict batches, say which element with key=)"
     )
+
+
+def _plain(batch: np.ndarray, index: int) -> np.ndarray:
+    """A base-class ndarray: subclasses (matrix, memmap) reshape or index differently."""
+    if isinstance(batch, np.ma.MaskedArray):
+        masked = int(np.count_nonzero(np.ma.getmaskarray(batch)))
+        if masked:
+            raise StreamnormError(
+                f"batch {index} is a masked array with {masked} masked value(s); streamnorm would "
+                f"count them: pass only the valid values instead (e.g. batch.compressed() with "
+                f"layout 'N', or the rows you keep)"
+            )
+        return np.asarray(batch.data)
+    return np.asarray(batch) if type(batch) is not np.ndarray else batch
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` in native byte order (the kernels read raw native words)."""
+    if arr.dtype.isnative:
+        return arr
+    return arr.astype(arr.dtype.newbyteorder("="))
 
 
 def _classify(arr: np.ndarray, index: int) -> tuple[str, np.ndarray]:
@@ -97,6 +139,60 @@ def _classify(arr: np.ndarray, index: int) -> tuple[str, np.ndarray]:
         f"batch {index} has dtype {arr.dtype}, which has no statistics; pass numeric data "
         f"(bool, integers or floats), e.g. decode strings or objects first"
     )
+
+
+def _nonfinite_moments(mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
+                       hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy's mean and m2 for features where non-finite values entered (``propagate``).
+
+    min and max record exactly which entered (NaN: a NaN; -inf/+inf: that
+    infinity), whatever the batching: NaN or both infinities give a NaN mean,
+    one infinity gives that infinity; m2 is NaN, as ``numpy.var`` gives.
+    """
+    if lo.min(initial=np.inf) > -np.inf and hi.max(initial=-np.inf) < np.inf:
+        return mean, m2  # only finite values entered (a NaN fails both tests)
+    with np.errstate(invalid="ignore"):
+        nan = np.isnan(lo) | ((lo == -np.inf) & (hi == np.inf))
+        pos = ~nan & (hi == np.inf)
+        neg = ~nan & (lo == -np.inf)
+    mean = np.where(nan, np.nan, np.where(pos, np.inf, np.where(neg, -np.inf, mean)))
+    return mean, np.where(nan | pos | neg, np.nan, m2)
+
+
+def _too_wide(lo: np.ndarray, hi: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Features with a nonzero shift whose finite range is wider than the largest float64."""
+    if float(hi.max(initial=-np.inf)) * 0.5 - float(lo.min(initial=np.inf)) * 0.5 <= _HALF_MAX:
+        return np.zeros(lo.shape, bool)  # (Python floats: a NaN or inf - inf fails quietly)
+    with np.errstate(invalid="ignore"):
+        return (np.isfinite(lo) & np.isfinite(hi) & (shift != 0)
+                & (hi * 0.5 - lo * 0.5 > _HALF_MAX))
+
+
+def _empty_union(a: tuple[int, np.dtype] | None, b: tuple[int, np.dtype]) -> tuple[int, np.dtype]:
+    """Features and dtype that empty batches ``a`` and ``b`` together report."""
+    return b if a is None else (b[0], np.promote_types(a[1], b[1]))
+
+
+def _bin_offset(dtype: np.dtype) -> int:
+    """Value held by histogram bin 0 for 8-bit ``dtype`` (as :attr:`Stats.histogram_offset`)."""
+    return -128 if dtype == np.int8 else 0
+
+
+def _histogram_offset(a: np.dtype, b: np.dtype) -> int | None:
+    """Bin-0 value of one 256-bin histogram of 8-bit dtypes ``a`` and ``b`` together.
+
+    bool fits both uint8's and int8's bins; int8 and uint8 together span
+    -128..255, which no 256 bins hold, hence None.
+    """
+    kinds = {a.kind, b.kind}
+    if kinds >= {"i", "u"}:
+        return None
+    return -128 if "i" in kinds else 0
+
+
+def _rebinned(hist: np.ndarray, dtype: np.dtype, offset: int) -> np.ndarray:
+    """``hist`` of ``dtype`` moved to bins whose bin 0 holds ``offset`` (bool -> int8 only)."""
+    return hist if _bin_offset(dtype) == offset else np.roll(hist, _bin_offset(dtype) - offset, axis=1)
 
 
 def _split_rows(n_rows: int, parts: int) -> list[tuple[int, int]]:
@@ -222,11 +318,31 @@ class StatsAccumulator:
         """Source dtype of the batches seen (promoted across batches)."""
         return self._dtype
 
+    @property
+    def dtype_name(self) -> str | None:
+        """Name of the source dtype: :attr:`dtype`'s name, or ``"bfloat16"``.
+
+        Examples
+        --------
+        >>> import torch, streamnorm as sn
+        >>> acc = sn.StatsAccumulator("NF").update(torch.ones(2, 3, dtype=torch.bfloat16))
+        >>> acc.dtype_name, acc.dtype.name
+        ('bfloat16', 'float32')
+        """
+        if self._dtype is None:
+            return None
+        return BFLOAT16 if self._bfloat16 else self._dtype.name
+
     def reset(self) -> None:
         """Forget every batch seen; keep the configuration."""
         self._kind: str | None = None
         self._dtype: np.dtype | None = None
+        # whether every batch was torch bfloat16 (held as float32, whose values it has)
+        self._bfloat16: bool | None = None
         self._n_batches = 0
+        # (features, dtype) of the empty batches seen before any data: what a
+        # result without data reports; it fixes nothing for later batches
+        self._empty: tuple[int, np.dtype] | None = None
         self._n_features = None if self._feature_names is None else len(self._feature_names)
         self._arrays: dict[str, np.ndarray] = {}
         # integer path: pending int64 sums of the offset values of _pending_dtype
@@ -246,11 +362,18 @@ class StatsAccumulator:
         ------
         LayoutError, DTypeError, NonFiniteError, StreamnormError
             For a batch of the wrong rank, an unsupported dtype, a non-finite
-            value under ``nan_policy="raise"``, or a feature count or kind of
-            dtype that differs from earlier batches. The state is unchanged.
+            value under ``nan_policy="raise"``, a masked array with masked
+            values, or a feature count or kind of dtype that differs from
+            earlier batches. The state is unchanged.
+
+        Notes
+        -----
+        An empty batch is counted in :attr:`n_batches` and fixes neither the
+        dtype nor the feature count; when no batch holds data, :meth:`result`
+        reports count 0 for the empty batches' features.
         """
         index = self._n_batches
-        arr = _as_array(batch, index)
+        arr, name = _as_array(batch, index)
         source_dtype = arr.dtype
         kind, arr = _classify(arr, index)
         try:
@@ -258,20 +381,42 @@ class StatsAccumulator:
         except LayoutError as exc:
             raise LayoutError(f"batch {index} of shape {tuple(arr.shape)}: {exc}") from None
         n_feat = view.shape[1]
-        self._check_compatible(kind, source_dtype, n_feat, index)
-        if self._kind is None:
+        self._check_features(n_feat, index)
+        if view.size == 0:
+            if self._kind is None:
+                self._empty = _empty_union(self._empty, (n_feat, source_dtype))
+            self._n_batches += 1
+            return self
+        self._check_dtype(kind, source_dtype, index, name)
+        dtype = self._promoted(source_dtype)
+        fresh = self._kind is None
+        if fresh:
+            before = (self._n_features, self._pending_dtype, self._pending_values)
             self._start(kind, n_feat)
-        if view.size:
-            if kind == INT_KIND:
-                self._update_int(view, arr.dtype)
-            else:
+        try:
+            if kind == FLOAT_KIND:
                 self._update_float(view, index)
-        self._dtype = (source_dtype if self._dtype is None
-                       else np.promote_types(self._dtype, source_dtype))
+            elif self._histogram:
+                self._update_hist(view, dtype)
+            else:
+                self._update_int(view, arr.dtype)
+        except BaseException:
+            if fresh:  # a failed first batch leaves the accumulator as it was
+                self._kind, self._arrays = None, {}
+                self._n_features, self._pending_dtype, self._pending_values = before
+            raise
+        self._dtype = dtype
+        self._empty = None
+        self._bfloat16 = name == BFLOAT16 and self._bfloat16 is not False
         self._n_batches += 1
         return self
 
-    def _check_compatible(self, kind: str, dtype: np.dtype, n_feat: int, index: int) -> None:
+    def _promoted(self, dtype: np.dtype) -> np.dtype:
+        if self._dtype is None or dtype == self._dtype:
+            return dtype
+        return np.promote_types(self._dtype, dtype)
+
+    def _check_features(self, n_feat: int, index: int) -> None:
         if self._n_features is not None and n_feat != self._n_features:
             what = (
                 f"{len(self._feature_names)} feature names"
@@ -282,15 +427,26 @@ class StatsAccumulator:
                 f"batch {index} has {n_feat} features on the {self._feature_letter()} axis of "
                 f"layout {self.layout!r}, but the accumulator expects {what}"
             )
+
+    def _check_dtype(self, kind: str, dtype: np.dtype, index: int, name: str | None) -> None:
+        shown = name or dtype  # str(dtype) only when an error is raised: .name is slow
         if self._kind is not None and kind != self._kind:
             raise DTypeError(
-                f"batch {index} has dtype {dtype} but earlier batches were {self._dtype}; integer "
+                f"batch {index} has dtype {shown} but earlier batches were {self.dtype_name}; integer "
                 f"and float batches cannot share an accumulator: cast them to one dtype"
             )
         if self._histogram and (kind != INT_KIND or dtype.itemsize != 1):
             raise DTypeError(
-                f"batch {index} has dtype {dtype}, but histogram=True needs 8-bit integer data "
+                f"batch {index} has dtype {shown}, but histogram=True needs 8-bit integer data "
                 f"(uint8, int8 or bool); pass histogram=False for other dtypes"
+            )
+        if (self._histogram and self._dtype is not None and dtype != self._dtype
+                and _histogram_offset(self._dtype, dtype) is None):
+            raise DTypeError(
+                f"batch {index} has dtype {shown} but earlier batches were {self._dtype.name}: with "
+                f"histogram=True their 256-bin histograms cannot be combined (int8 holds -128..127, "
+                f"uint8 0..255); cast every batch to one 8-bit dtype, or pass histogram=False "
+                f"(exact moments for any mix of integer dtypes)"
             )
 
     def _feature_letter(self) -> str:
@@ -329,6 +485,8 @@ class StatsAccumulator:
         parts = 1
         if self._threads > 1 and view.nbytes >= MIN_PARALLEL_BYTES:
             parts = min(self._threads, view.shape[0])
+        if parts == 1:
+            return [view]
         return [view[a:b] for a, b in _split_rows(view.shape[0], parts)]
 
     # integers ---------------------------------------------------------
@@ -338,12 +496,6 @@ class StatsAccumulator:
         unsigned = view.view(np.dtype(f"u{size}"))
         xor = unsigned.dtype.type((1 << (8 * size - 1)) if dtype.kind == "i" else 0)
         n_outer, n_feat, n_inner = unsigned.shape
-        if self._histogram:
-            hist = a["hist"]
-            for h in self._run(self._parts(unsigned), lambda x: self._hist_task(x, xor)):
-                hist += h
-            a["count"] += n_outer * n_inner
-            return
         limit = PENDING_LIMIT[size]
         rows_per_piece = max(1, limit // max(1, n_inner))
         for r0 in range(0, n_outer, rows_per_piece):
@@ -363,6 +515,19 @@ class StatsAccumulator:
                 np.maximum(a["max"], hi - off, out=a["max"])
             self._pending_values += values
             a["count"] += values
+
+    def _update_hist(self, view: np.ndarray, dtype: np.dtype) -> None:
+        """Count 8-bit values into the bins of ``dtype``, the dtype of all batches so far."""
+        a = self._arrays
+        offset = _bin_offset(dtype)
+        if self._dtype is not None and dtype != self._dtype and _bin_offset(self._dtype) != offset:
+            a["hist"] = np.roll(a["hist"], -offset, axis=1)  # bool counts move to int8's bins of 0, 1
+        unsigned = view.view(np.uint8)
+        xor = np.uint8(-offset)  # maps an int8 (or bool) byte to its int8 bin
+        hist = a["hist"]
+        for h in self._run(self._parts(unsigned), lambda x: self._hist_task(x, xor)):
+            hist += h
+        a["count"] += unsigned.shape[0] * unsigned.shape[2]
 
     @staticmethod
     def _int_task(x: np.ndarray, xor: np.integer) -> tuple[np.ndarray, ...]:
@@ -431,26 +596,64 @@ class StatsAccumulator:
         if not has_shift.all():
             K.first_finite(view, shift, has_shift)
         policy = NAN_POLICIES[self._nan_policy]
-        results = self._run(self._parts(view), lambda x: self._float_task(x, shift, policy))
-        count, mean, m2 = a["count"], a["mean"], a["m2"]
-        lo, hi, nonfinite = a["min"], a["max"], a["nan_count"].copy()
-        for n, nf, pmean, pm2, plo, phi, bad in results:
+        parts = self._parts(view)
+        results = self._run(parts, lambda x: self._float_task(x, shift, policy))
+        for *_, bad in results:
             if bad >= 0:
-                name = self._name(bad)
                 raise NonFiniteError(
-                    f"batch {index}: feature {name} has a non-finite value (NaN or inf); clean "
-                    f"the data, or pass nan_policy='omit' to skip such values (they are counted "
+                    f"batch {index}: feature {self._name(bad)} has a non-finite value (NaN or inf); "
+                    f"clean the data, or pass nan_policy='omit' to skip such values (they are counted "
                     f"in nan_count) or nan_policy='propagate' to let them through"
                 )
-            count, mean, m2 = chan_merge(count, mean, m2, n, pmean, pm2)
+        lo, hi = a["min"], a["max"]
+        for _, _, _, _, plo, phi, _ in results:
             lo = np.where(np.isnan(plo) | np.isnan(lo), np.nan, np.fmin(lo, plo))
             hi = np.where(np.isnan(phi) | np.isnan(hi), np.nan, np.fmax(hi, phi))
+        mean = a["mean"]
+        wide = _too_wide(lo, hi, shift)
+        if wide.any():  # about shift 0 from now on: x - shift would overflow
+            mean = np.where(wide, mean + shift, mean)
+            shift = np.where(wide, 0.0, shift)
+            results = self._run(parts, lambda x: self._float_task(x, shift, policy))
+        count, m2, nonfinite = a["count"], a["m2"], a["nan_count"].copy()
+        for n, nf, pmean, pm2, *_ in results:
+            count, mean, m2 = chan_merge(count, mean, m2, n, pmean, pm2)
             nonfinite = nonfinite + nf
+        mean, m2 = _nonfinite_moments(mean, m2, lo, hi)
         a.update(count=count.astype(np.int64), mean=mean, m2=m2, min=lo, max=hi,
                  nan_count=nonfinite, shift=shift, has_shift=has_shift)
 
     @staticmethod
     def _float_task(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
+        """Moments of one part about ``shift``, safe up to the largest float64.
+
+        Features where some ``|x - shift|`` reaches ``HUGE`` are reduced
+        again, scaled by ``2**-SCALE_BITS`` (exact), so that no sum or
+        difference overflows unless the true result does; min and max stay
+        unscaled.
+        """
+        out = list(StatsAccumulator._float_kernels(x, shift, policy))
+        lo, hi, bad = out[4], out[5], out[6]
+        if bad >= 0 or x.dtype.itemsize < 8 or max(-lo.min(), hi.max(), np.abs(shift).max()) < HUGE / 2:
+            return tuple(out)  # no |x - shift| reaches HUGE (a NaN fails the test: look closer)
+        with np.errstate(invalid="ignore", over="ignore"):
+            huge = (np.isfinite(lo) & np.isfinite(hi)
+                    & (np.maximum(np.abs(lo - shift), np.abs(hi - shift)) >= HUGE))
+        if not huge.any():
+            return tuple(out)
+        down = 2.0 ** -SCALE_BITS
+        scaled = np.ascontiguousarray(x[:, huge, :], dtype=np.float64) * down
+        k = shift[huge] * down
+        n, nf, mean, m2, slo, shi, _ = StatsAccumulator._float_kernels(scaled, k, policy)
+        mean = np.clip(mean, slo - k, shi - k)  # a rounded mean may not leave [min, max]
+        with np.errstate(over="ignore"):
+            out[2][huge] = mean * 2.0 ** SCALE_BITS
+            out[3][huge] = m2 * 2.0 ** (2 * SCALE_BITS)  # inf only where the true m2 is
+        out[0][huge], out[1][huge] = n, nf
+        return tuple(out)
+
+    @staticmethod
+    def _float_kernels(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
         n_outer, n_feat, n_inner = x.shape
 
         def fresh(width: int) -> list[np.ndarray]:
@@ -500,7 +703,15 @@ class StatsAccumulator:
         if (self._feature_names is not None and other._feature_names is not None
                 and self._feature_names != other._feature_names):
             raise IncompatibleStatsError("cannot merge accumulators with different feature names")
+        if (self._n_features is not None and other._n_features is not None
+                and other._n_features != self._n_features):
+            raise IncompatibleStatsError(
+                f"cannot merge {other._n_features} features into an accumulator of "
+                f"{self._n_features} features (from its feature names or batches)"
+            )
         if other._kind is None:
+            if self._kind is None and other._empty is not None:
+                self._empty = _empty_union(self._empty, other._empty)
             self._n_batches += other._n_batches
             return self
         if self._kind is None:
@@ -512,18 +723,25 @@ class StatsAccumulator:
             return self
         if other._kind != self._kind:
             raise IncompatibleStatsError(
-                f"cannot merge statistics of {other._dtype} data into statistics of {self._dtype} data"
+                f"cannot merge statistics of {other.dtype_name} data into statistics of "
+                f"{self.dtype_name} data: integer and float statistics do not mix"
             )
-        if other._n_features != self._n_features:
-            raise IncompatibleStatsError(
-                f"cannot merge {other._n_features} features into {self._n_features}"
-            )
+        offset = None
+        if self._histogram:
+            offset = _histogram_offset(self._dtype, other._dtype)
+            if offset is None:
+                raise IncompatibleStatsError(
+                    f"cannot merge histograms of {other._dtype.name} data into histograms of "
+                    f"{self._dtype.name} data (int8 holds -128..127, uint8 0..255, no 256 bins hold "
+                    f"both); accumulate one 8-bit dtype, or use histogram=False"
+                )
         a, b = self._arrays, other._arrays
         if self._kind == INT_KIND:
             self._flush()
             other._flush()
             if self._histogram:
-                a["hist"] += b["hist"]
+                a["hist"] = (_rebinned(a["hist"], self._dtype, offset)
+                             + _rebinned(b["hist"], other._dtype, offset))
             else:
                 a["int_sum"] += b["int_sum"]
                 a["int_sumsq"] += b["int_sumsq"]
@@ -533,17 +751,24 @@ class StatsAccumulator:
         else:
             take = (a["has_shift"] == 0) & (b["has_shift"] == 1)
             shift = np.where(take, b["shift"], a["shift"])
-            mean_b = b["mean"] + (b["shift"] - shift)
-            count, mean, m2 = chan_merge(a["count"], a["mean"], a["m2"], b["count"], mean_b, b["m2"])
             nan_min = np.isnan(a["min"]) | np.isnan(b["min"])
-            a.update(
-                count=count.astype(np.int64), mean=mean, m2=m2, shift=shift,
-                has_shift=a["has_shift"] | b["has_shift"],
-                min=np.where(nan_min, np.nan, np.fmin(a["min"], b["min"])),
-                max=np.where(nan_min, np.nan, np.fmax(a["max"], b["max"])),
-            )
+            lo = np.where(nan_min, np.nan, np.fmin(a["min"], b["min"]))
+            hi = np.where(nan_min, np.nan, np.fmax(a["max"], b["max"]))
+            mean_a = a["mean"]
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean_b = b["mean"] + (b["shift"] - shift)
+                wide = _too_wide(lo, hi, shift) | _too_wide(lo, hi, b["shift"])
+                if wide.any():  # the shifts may be too far apart: both sides about 0
+                    mean_a = np.where(wide, mean_a + a["shift"], mean_a)
+                    mean_b = np.where(wide, b["mean"] + b["shift"], mean_b)
+                    shift = np.where(wide, 0.0, shift)
+            count, mean, m2 = chan_merge(a["count"], mean_a, a["m2"], b["count"], mean_b, b["m2"])
+            mean, m2 = _nonfinite_moments(mean, m2, lo, hi)
+            a.update(count=count.astype(np.int64), mean=mean, m2=m2, shift=shift,
+                     has_shift=a["has_shift"] | b["has_shift"], min=lo, max=hi)
         a["nan_count"] += b["nan_count"]
         self._dtype = np.promote_types(self._dtype, other._dtype)
+        self._bfloat16 = bool(self._bfloat16 and other._bfloat16)
         self._n_batches += other._n_batches
         return self
 
@@ -555,13 +780,15 @@ class StatsAccumulator:
         StreamnormError
             When no batch has been seen.
         """
+        if self._kind is None and self._empty is not None:
+            return self._empty_result()
         if self._kind is None:
             raise StreamnormError(
                 "the accumulator has seen no data; call update() with at least one batch first"
             )
         a = self._arrays
         names = self._feature_names or tuple(str(i) for i in range(self._n_features))
-        common = dict(layout=self.layout, feature_names=names, dtype=self._dtype.name,
+        common = dict(layout=self.layout, feature_names=names, dtype=self.dtype_name,
                       count=a["count"], nan_count=a["nan_count"])
         if self._kind == FLOAT_KIND:
             empty = a["count"] == 0
@@ -596,6 +823,16 @@ class StatsAccumulator:
             int_sum=tuple(int(v) for v in int_sum), int_sumsq=tuple(int(v) for v in int_sumsq),
         )
 
+    def _empty_result(self) -> Stats:
+        """count-0 statistics of the features of the empty batches seen."""
+        n_feat, dtype = self._empty
+        kind, _ = _classify(np.empty(0, dtype), self._n_batches)
+        probe = StatsAccumulator(self.layout, self._feature_names, self._histogram and dtype.itemsize == 1
+                                 and kind == INT_KIND, self._nan_policy)
+        probe._start(kind, n_feat)
+        probe._dtype = dtype
+        return probe.result()
+
     # -- state -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The whole state as plain values: str, int, float, lists, numpy arrays.
@@ -612,9 +849,10 @@ class StatsAccumulator:
             "histogram": self._histogram,
             "feature_names": None if self._feature_names is None else list(self._feature_names),
             "kind": self._kind,
-            "dtype": None if self._dtype is None else self._dtype.name,
+            "dtype": self.dtype_name,
             "n_batches": self._n_batches,
             "n_features": self._n_features,
+            "empty": None if self._empty is None else [self._empty[0], self._empty[1].name],
         }
         for key, value in self._arrays.items():
             if key.startswith("p_"):
@@ -623,7 +861,18 @@ class StatsAccumulator:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict`; continuing equals never stopping."""
+        """Restore a state from :meth:`state_dict`; continuing equals never stopping.
+
+        Raises
+        ------
+        StreamnormError
+            For anything but a consistent state of an accumulator with this
+            layout and histogram setting (then nothing changes).
+        """
+        if not isinstance(state, Mapping):
+            raise StreamnormError(
+                f"a StatsAccumulator state is a dict from state_dict(), got a {type(state).__name__}"
+            )
         try:
             if state.get("format") != self.STATE_FORMAT:
                 raise StreamnormError("not a StatsAccumulator state")
@@ -657,16 +906,37 @@ class StatsAccumulator:
                         if value.shape != template.shape:
                             raise StreamnormError(f"{key} has shape {value.shape}, expected {template.shape}")
                         template[...] = value
-                fresh._dtype = np.dtype(state["dtype"])
+                fresh._restore_dtype(str(state["dtype"]), kind)
             fresh._n_batches = int(state["n_batches"])
+            empty = state.get("empty")
+            if kind is None and empty is not None:
+                fresh._empty = (int(empty[0]), np.dtype(str(empty[1])))
             fresh._n_features = None if state["n_features"] is None else int(state["n_features"])
+            if names is not None and fresh._n_features is not None and len(names) != fresh._n_features:
+                raise StreamnormError(
+                    f"malformed StatsAccumulator state: {len(names)} feature names for "
+                    f"{fresh._n_features} features"
+                )
         except StreamnormError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StreamnormError(f"malformed StatsAccumulator state: {exc!r}") from None
         pool = self._pool
         self.__dict__.update(fresh.__dict__)
         self._pool = pool
+
+    def _restore_dtype(self, name: str, kind: str) -> None:
+        """Set the dtype of a loaded state, refusing one its arrays cannot hold."""
+        self._bfloat16 = name == BFLOAT16
+        dtype = np.dtype(np.float32 if self._bfloat16 else name)
+        expected = INT_KIND if dtype.kind in "biu" and dtype.itemsize < 8 else FLOAT_KIND
+        if dtype.kind not in "biuf" or expected != kind:
+            raise StreamnormError(f"malformed StatsAccumulator state: dtype {name!r} does not fit kind {kind!r}")
+        if self._histogram and dtype.itemsize != 1:
+            raise StreamnormError(
+                f"malformed StatsAccumulator state: a histogram needs 8-bit data, but its dtype is {name!r}"
+            )
+        self._dtype = dtype
 
     def copy(self) -> StatsAccumulator:
         """An independent copy (same configuration and state)."""
@@ -726,6 +996,11 @@ def compute_stats(
         type(source).__module__.startswith("torch") and hasattr(source, "detach")
     ):
         return acc.update(source).result()
+    if isinstance(source, (str, bytes, Mapping)) or not isinstance(source, Iterable):
+        raise StreamnormError(
+            f"source is a {type(source).__name__}; pass an iterable of batches (a list, a "
+            f"DataLoader, a generator) or one numpy array or torch tensor"
+        )
     for batch in source:
         acc.update(pick(batch, key))
     return acc.result()

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _kernels as K
 from .errors import IncompatibleStatsError, StreamnormError
 
 __all__ = ["Stats", "chan_merge", "common_dtype", "dtype_name", "exact_moments", "HISTOGRAM_BINS"]
@@ -45,22 +46,32 @@ def chan_merge(
     ``d = mB - mA; m = mA + d*nB/n; M2 = M2A + M2B + d*d*nA*nB/n``, elementwise,
     with empty sides (``n == 0``) passing the other side through unchanged.
 
+    The terms are ordered so that nothing overflows unless the result does:
+    ``d`` is carried as ``mB/2 - mA/2``, the mean moves from the side holding
+    more values, and ``d*d*nA*nB/n`` is ``4 * ((d/2 * nA*nB/n) * d/2)``. A side
+    with a non-finite mean gives numpy's answer: the sum of the means (inf,
+    -inf or NaN) and a NaN ``M2``.
+
     Examples
     --------
     >>> n, m, m2 = chan_merge(np.array([2.]), np.array([1.]), np.array([2.]),
     ...                       np.array([2.]), np.array([5.]), np.array([2.]))
     >>> float(m[0]), float(m2[0])
     (3.0, 20.0)
+    >>> big = np.array([1.7e308])
+    >>> _, m, m2 = chan_merge(np.array([1.]), -big, np.array([0.]), np.array([1.]), big, np.array([0.]))
+    >>> float(m[0]), float(m2[0])
+    (0.0, inf)
     """
-    n_a = np.asarray(n_a, dtype=np.float64)
-    n_b = np.asarray(n_b, dtype=np.float64)
-    n = n_a + n_b
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        delta = mean_b - mean_a
-        frac_b = np.where(n > 0, n_b / np.where(n > 0, n, 1.0), 0.0)
-        mean = np.where(n_a == 0, mean_b, np.where(n_b == 0, mean_a, mean_a + delta * frac_b))
-        cross = delta * delta * (n_a * frac_b)
-        m2 = np.where(n_a == 0, m2_b, np.where(n_b == 0, m2_a, m2_a + m2_b + cross))
+    inputs = [np.asarray(v, dtype=np.float64) for v in (n_a, mean_a, m2_a, n_b, mean_b, m2_b)]
+    shape = inputs[0].shape
+    if any(v.shape != shape for v in inputs):
+        inputs = np.broadcast_arrays(*inputs)
+        shape = inputs[0].shape
+    flat = [np.ascontiguousarray(v).reshape(-1) for v in inputs]
+    out = [np.empty(flat[0].size) for _ in range(3)]
+    K.chan_arrays(*flat, *out)  # one loop, the same arithmetic as the kernels' merges
+    n, mean, m2 = (v.reshape(shape) for v in out)
     return n, mean, m2
 
 
@@ -313,8 +324,10 @@ class Stats:
         >>> round(float(s.variance(ddof=1)[0]), 12)
         2.333333333333
         """
-        if ddof < 0:
-            raise StreamnormError(f"ddof must be >= 0, got {ddof}")
+        if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+            raise StreamnormError(
+                f"ddof must be an integer >= 0 (0: population, 1: sample variance), got {ddof!r}"
+            )
         denom = self.count.astype(np.float64) - ddof
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(denom > 0, self.m2 / np.where(denom > 0, denom, 1.0), np.nan)
@@ -360,8 +373,15 @@ class Stats:
                 "these statistics carry no histogram, so quantiles are unknown; accumulate "
                 "8-bit data with StatsAccumulator(..., histogram=True)"
             )
-        qs = np.asarray(q, dtype=np.float64)
-        if qs.ndim > 1 or np.any(~((qs >= 0) & (qs <= 1))):
+        try:
+            qs = np.asarray(q, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise StreamnormError(f"q must be a number or a sequence of numbers in [0, 1], got {q!r}") from None
+        if qs.ndim > 1:
+            raise StreamnormError(
+                f"q must be a number or a flat sequence of numbers, got shape {qs.shape}: {q!r}"
+            )
+        if np.any(~((qs >= 0) & (qs <= 1))):
             raise StreamnormError(f"quantiles must be in [0, 1], got {q!r}")
         flat = np.atleast_1d(qs)
         out = np.full((flat.size, self.n_features), np.nan)

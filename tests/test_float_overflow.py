@@ -32,7 +32,8 @@ def _oracle(x: list[float]) -> tuple[float, float]:
     mean = sum(exact) / len(exact)
     m2 = sum((v - mean) ** 2 for v in exact)
     # near the overflow threshold, rounding may go either way
-    assume(not (MAX * (1 - 1e-9) < m2 < MAX * (1 + 1e-9)))
+    # (in exact arithmetic: MAX * (1 + 1e-9) as a float is inf, which would exclude every overflow)
+    assume(not (Fraction(MAX) * (1 - Fraction(1, 10**9)) < m2 < Fraction(MAX) * (1 + Fraction(1, 10**9))))
     return float(mean), (float(m2) if m2 <= MAX else np.inf)
 
 
@@ -75,6 +76,8 @@ def test_values_up_to_float64_max_give_the_same_pattern_whatever_the_batching(x,
     for part in parts:
         merged.merge(sn.StatsAccumulator(layout, nan_policy=policy).update(part))
     _check(merged.result(), x, mean, m2)
+    stats_parts = [sn.compute_stats(part, layout=layout, nan_policy=policy) for part in parts]
+    _check(sn.Stats.merge_all(stats_parts), x, mean, m2)  # Stats merges: shifts far apart too
 
 
 @pytest.mark.parametrize("n_planes", [1, 3, 200])

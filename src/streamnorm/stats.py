@@ -187,7 +187,16 @@ def _chan_tree(items: Sequence[Stats]) -> tuple[np.ndarray, np.ndarray, np.ndarr
         shift = np.where(take, item.shift, shift)
         found |= take
     with np.errstate(invalid="ignore", over="ignore"):
-        level = [(item.count, item.shifted_mean + (item.shift - shift), item.m2) for item in items]
+        moved = [item.shifted_mean + (item.shift - shift) for item in items]
+    # Data wider than the float64 range: shifted means would overflow, so such
+    # features merge about shift 0 (plain means), as the accumulator does.
+    wide = np.zeros(items[0].n_features, dtype=bool)
+    for item, m in zip(items, moved):
+        wide |= (item.count > 0) & np.isfinite(item.mean) & ~np.isfinite(m)
+    if wide.any():
+        shift = np.where(wide, 0.0, shift)
+        moved = [np.where(wide, item.mean, m) for item, m in zip(items, moved)]
+    level = [(item.count, m, item.m2) for item, m in zip(items, moved)]
     # A balanced tree, ((a+b)+(c+d))+e: its shape depends only on the number
     # of items, so the same items in the same order give the same bits
     # wherever they were computed, and rounding grows with log(n), not n.

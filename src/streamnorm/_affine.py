@@ -48,11 +48,15 @@ class AffineMap:
         The center's part below float64's resolution (a double-double
         center): an exact mean of integers keeps its digits this way.
     upper : numpy.ndarray, optional
-        For range maps, whose ``center`` is the data's minimum: the maximum.
+        For range maps, whose ``center`` is the range's low end: its high end.
         Every input in ``[center, upper]`` maps into
         ``[offset, offset + width]`` in every compute and output dtype.
     width : float, optional
         ``high - low`` of a range map's target interval.
+    upper_is_bound : bool
+        ``False`` (statistics): ``upper`` is a value of the data, which the
+        compute dtype rounds to nearest as it rounds the input. ``True`` (a
+        given range): a bound, which inputs the compute dtype holds stay below.
 
     Examples
     --------
@@ -70,6 +74,7 @@ class AffineMap:
     center_lo: np.ndarray | None = None
     upper: np.ndarray | None = None
     width: float | None = None
+    upper_is_bound: bool = False
 
     def __post_init__(self) -> None:
         for name in ("center", "scale", "offset", "center_lo", "upper"):
@@ -106,43 +111,66 @@ class AffineMap:
         center = self.center.astype(kind)
         scale = self.scale.astype(kind)
         if self.upper is not None:
-            return center, _fit_scale(center, scale, self.upper.astype(kind), float(self.width)), \
-                self.offset.astype(kind)
+            offset = self.offset.astype(kind)
+            upper = self.upper.astype(kind)
+            if self.upper_is_bound:  # the largest value of the dtype within the bound
+                above = upper.astype(np.float64) > self.upper
+                upper[above] = np.nextafter(upper[above], kind(-np.inf))
+            return center, _fit_scale(center, scale, offset, upper, float(self.width)), offset
         dropped = self.center - center.astype(np.float64)  # exact: center is its rounding
         if self.center_lo is not None:
             dropped = dropped + self.center_lo
         return center, scale, (self.offset - dropped * self.scale).astype(kind)
 
 
-def _exceeds(span: np.ndarray, scale: np.ndarray, width: float) -> np.ndarray:
-    """``span * scale > width`` exactly, per feature."""
-    prod = span.astype(np.float64) * scale.astype(np.float64)
-    if span.dtype == np.float32:
-        return prod > width  # 24 x 24 bits: the float64 product is exact
-    # Rounding is monotone and width is a float: only a tie with width is unclear.
-    over = prod > width
-    for i in np.flatnonzero(prod == width):
-        over[i] = Fraction(float(span[i])) * Fraction(float(scale[i])) > Fraction(width)
+def _overshoots(span: np.ndarray, scale: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Whether ``span * scale + low`` exceeds ``high``, evaluated in two steps or fused.
+
+    Everything is in the dtype of ``span`` (float32 or float64): torch's CPU
+    kernels round the product, then the sum; a fused multiply-add (accelerator
+    kernels) rounds once.
+    """
+    kind = span.dtype.type
+    if kind is np.float32:
+        exact = span.astype(np.float64) * scale.astype(np.float64)  # 24 x 24 bits: exact
+        two_step = exact.astype(np.float32) + low
+        fused = (exact + low.astype(np.float64)).astype(np.float32)  # exact sum, one rounding
+        return (two_step > high) | (fused > high)
+    product = span * scale
+    two_step = product + low
+    over = two_step > high
+    # A fused result can differ only where the two-step one reaches high.
+    for i in np.flatnonzero((two_step >= high) & ~over):
+        exact = Fraction(float(span[i])) * Fraction(float(scale[i])) + Fraction(float(low[i]))
+        over[i] = float(exact) > high[i]
     return over
 
 
-def _fit_scale(center: np.ndarray, scale: np.ndarray, upper: np.ndarray, width: float) -> np.ndarray:
-    """Lower ``scale`` by ulps until ``(upper - center) * scale <= width`` holds exactly.
+def _fit_scale(
+    center: np.ndarray, scale: np.ndarray, offset: np.ndarray, upper: np.ndarray, width: float
+) -> np.ndarray:
+    """Lower ``scale`` by ulps until ``upper`` maps to at most ``offset + width``.
 
-    With the exact product at most ``width``, both ``offset + round(t * s)``
-    and a fused ``fma(t, s, offset)`` stay at most ``offset + width`` for
-    every ``t`` up to the rounded span, and every evaluation step is
-    monotone: no input in ``[center, upper]`` leaves the target range.
+    Every step of the evaluation (rounding the input, ``- center``, ``* scale``,
+    ``+ offset``, rounding to the output dtype) is monotone, so no input in
+    ``[center, upper]`` then leaves ``[offset, offset + width]``, whether the
+    device fuses the multiply-add or not.
     """
     with np.errstate(over="ignore", invalid="ignore"):
         span = upper - center  # rounded in the compute dtype, as the input is
+    kind = scale.dtype.type
+    high = offset + kind(width)  # 0 + 1 and -1 + 2: exact
     scale = scale.copy()
+    over = _overshoots(span, scale, offset, high)
+    # Inputs rounded to float32 (large integers) can widen the span by many
+    # ulps of the scale: start again from width / span there, then step down.
+    scale[over] = np.minimum(scale[over], (width / span[over].astype(np.float64)).astype(kind))
     for _ in range(4):  # one ulp is enough; a few guard against double ties
-        over = _exceeds(span, scale, width)
+        over = _overshoots(span, scale, offset, high)
         if not over.any():
-            break
-        scale[over] = np.nextafter(scale[over], scale.dtype.type(0))
-    return scale
+            return scale
+        scale[over] = np.nextafter(scale[over], kind(0))
+    raise AssertionError(f"no scale keeps the range: span {span[over]}, scale {scale[over]}")
 
 
 def evaluate(

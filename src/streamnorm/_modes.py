@@ -110,16 +110,17 @@ def range_map(stats: Stats, mode: str) -> AffineMap:
             "the statistics are damaged; recompute them")
     return _range(stats.min, stats.max, mode, lambda bad, span: _refuse(
         stats, bad, "max - min overflows float64", "range", bounds,
-        "rescale the data before normalizing it"))
+        "rescale the data before normalizing it"), given=False)
 
 
-def _range(low: np.ndarray, high: np.ndarray, mode: str, refuse) -> AffineMap:
+def _range(low: np.ndarray, high: np.ndarray, mode: str, refuse, *, given: bool) -> AffineMap:
     a, b = RANGE_MODES[mode]
     with np.errstate(over="ignore"):
         span = high - low
     refuse(~np.isfinite(span), span)
     scale = (b - a) / _unit(span)
-    return AffineMap(low, scale, np.full_like(scale, a), upper=high, width=b - a)
+    return AffineMap(low, scale, np.full_like(scale, a), upper=high, width=b - a,
+                     upper_is_bound=given)
 
 
 def robust(stats: Stats) -> AffineMap:
@@ -154,7 +155,7 @@ def known_range(low: np.ndarray, high: np.ndarray, mode: str) -> AffineMap:
                 f"pass a narrower range"
             )
 
-    return _range(low, high, mode, refuse)
+    return _range(low, high, mode, refuse, given=True)
 
 
 def mean_std(mean: np.ndarray, std: np.ndarray) -> AffineMap:

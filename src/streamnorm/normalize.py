@@ -167,7 +167,8 @@ def _config_map(config: Mapping[str, Any]) -> AffineMap:
     width = config.get("width")
     if ("upper" in fields) != (width is not None):
         raise StreamnormError("config fields 'upper' and 'width' go together")
-    amap = AffineMap(**fields, width=None if width is None else float(width))
+    amap = AffineMap(**fields, width=None if width is None else float(width),
+                     upper_is_bound=config.get("upper_is_bound") is True)
     shift = _as_vector(config["shift"], "shift")
     with np.errstate(all="ignore"):
         agree = shift.shape == amap.affine()[1].shape and np.array_equal(shift, amap.affine()[1])
@@ -882,6 +883,8 @@ class Normalizer:
                 config["center_lo"] = amap.center_lo
             if amap.upper is not None:
                 config.update(upper=amap.upper, width=amap.width)
+                if amap.upper_is_bound:
+                    config["upper_is_bound"] = True
         for name, values in config.items():
             if isinstance(values, np.ndarray):
                 # a number, not a list, for scalars: applies to every element

@@ -17,6 +17,7 @@ inside its bounds); :meth:`AffineMap.params` rounds it to a compute dtype;
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -56,7 +57,9 @@ class AffineMap:
     upper_is_bound : bool
         ``False`` (statistics): ``upper`` is a value of the data, which the
         compute dtype rounds to nearest as it rounds the input. ``True`` (a
-        given range): a bound, which inputs the compute dtype holds stay below.
+        given range): a bound; inputs the compute dtype holds exactly stay
+        at or below its rounding down, so the scale need not shrink to the
+        rounding up (see :meth:`params`).
 
     Examples
     --------
@@ -97,8 +100,13 @@ class AffineMap:
         """``x = (y - offset) / scale + center``, the same form again."""
         return AffineMap(self.offset, 1.0 / self.scale, self.center)
 
-    def params(self, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def params(
+        self, dtype: torch.dtype, exact_inputs: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(center, scale, offset)`` rounded to the compute ``dtype`` (float32 or float64).
+
+        ``exact_inputs``: the inputs convert to ``dtype`` exactly (uint8 or
+        float16 to float32, say), so a bound ``upper`` may be rounded down.
 
         A range map's center is a value of the data, which the input rounds
         onto exactly as the center does, so it is rounded alone (the minimum
@@ -108,12 +116,13 @@ class AffineMap:
         through ``offset``, where it is small.
         """
         kind = _NUMPY_FLOAT[dtype]
-        center = self.center.astype(kind)
-        scale = self.scale.astype(kind)
+        with np.errstate(over="ignore", under="ignore"):  # Normalizer checks what fits
+            center = self.center.astype(kind)
+            scale = self.scale.astype(kind)
         if self.upper is not None:
             offset = self.offset.astype(kind)
             upper = self.upper.astype(kind)
-            if self.upper_is_bound:  # the largest value of the dtype within the bound
+            if self.upper_is_bound and exact_inputs:  # the largest value within the bound
                 above = upper.astype(np.float64) > self.upper
                 upper[above] = np.nextafter(upper[above], kind(-np.inf))
             return center, _fit_scale(center, scale, offset, upper, float(self.width)), offset
@@ -204,19 +213,7 @@ def evaluate(
         y = y if offset is None else y + offset
         return y.to(out_dtype)
     if not _fuses(x.device):
-        # torch's CPU kernels vectorize neither mixed dtypes nor a fused
-        # broadcast addcmul: convert once, then vectorized in-place passes.
-        direct = out is not None and out.dtype == compute
-        tmp = out if direct else torch.empty_like(x, dtype=compute)
-        tmp.copy_(x)
-        if center is not None:
-            tmp.sub_(center)
-        tmp.mul_(scale)
-        if offset is not None:
-            tmp.add_(offset)
-        if direct or (out is None and out_dtype == compute):
-            return tmp
-        return tmp.to(out_dtype) if out is None else out.copy_(tmp)
+        return _evaluate_in_cache(x, center, scale, offset, out_dtype, compute, out)
     # On accelerators x is read once in its own dtype and the result written
     # once in out_dtype, in x's memory format.
     if out is None:
@@ -228,6 +225,85 @@ def evaluate(
     if offset is None:
         return torch.mul(tmp, scale, out=out)
     return torch.addcmul(offset, tmp, scale, out=out)
+
+
+def _evaluate_in_cache(
+    x: torch.Tensor,
+    center: torch.Tensor | None,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    compute: torch.dtype,
+    out: torch.Tensor | None,
+) -> torch.Tensor:
+    """The CPU evaluation: convert, then in-place passes over cache-sized slabs.
+
+    torch's CPU kernels vectorize neither mixed dtypes nor a broadcast
+    ``addcmul``, and broadcast slowly along a short innermost axis (NHWC's 3
+    channels). So ``x`` is viewed in memory order as rows of at least
+    ``_ROW`` elements with the parameters tiled along them, converted once,
+    and each step is its own vectorized pass over a slab that stays in cache.
+    """
+    result = torch.empty_like(x, dtype=out_dtype) if out is None else out
+    params = [center, scale, offset]
+    views = _memory_order_views(x, result, params)
+    if views is None:  # not one dense block: torch's broadcasting, in one slab
+        xv, rv, pv = x.unsqueeze(0), result.unsqueeze(0), [None if p is None else p.unsqueeze(0)
+                                                             for p in params]
+    else:
+        xv, rv, pv = views
+    rows = max(1, _SLAB // max(xv[0].numel(), 1))
+    for start in range(0, xv.shape[0], rows):
+        xs, rs = xv[start : start + rows], rv[start : start + rows]
+        tmp = rs if rs.dtype == compute else torch.empty_like(xs, dtype=compute)
+        tmp.copy_(xs)
+        if pv[0] is not None:
+            tmp.sub_(pv[0])
+        tmp.mul_(pv[1])
+        if pv[2] is not None:
+            tmp.add_(pv[2])
+        if tmp is not rs:
+            rs.copy_(tmp)
+    return result
+
+
+def _memory_order_views(
+    x: torch.Tensor, result: torch.Tensor, params: list[torch.Tensor | None]
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]] | None:
+    """``x`` and ``result`` as contiguous ``(slabs, ...)`` views in memory order, and the params to match.
+
+    ``None`` when ``x`` is not one dense block or ``result`` is laid out otherwise.
+    """
+    if x.ndim == 0 or x.numel() == 0 or result.stride() != x.stride():
+        return None
+    perm = sorted(range(x.ndim), key=lambda d: -x.stride(d))
+    xp, rp = x.permute(perm), result.permute(perm)
+    if not xp.is_contiguous():
+        return None
+    full = [None if p is None else p.reshape((1,) * (x.ndim - p.ndim) + tuple(p.shape)).permute(perm)
+            for p in params]
+    sizes = list(xp.shape)
+    varying = [d for d in range(x.ndim) if any(p is not None and p.shape[d] > 1 for p in full)]
+    split = x.ndim  # sizes[split:] is one row, at least _ROW elements where x has them
+    while split > 0 and math.prod(sizes[split:]) < _ROW:
+        split -= 1
+    if varying and varying[0] < split:
+        # the feature axis is outside the row (NCHW): (before, features, row) with (1, F, 1)
+        q = varying[0]
+        shape = (math.prod(sizes[:q]), sizes[q], math.prod(sizes[q + 1 :]))
+        pv = [None if p is None else p.reshape(1, shape[1], 1) for p in full]
+    else:
+        # the row holds the feature axis (NHWC) or nothing varies: tile the params along it
+        shape = (math.prod(sizes[:split]), math.prod(sizes[split:]))
+        pv = [None if p is None else p[(0,) * split].expand(sizes[split:]).reshape(1, shape[1])
+              for p in full]
+    return xp.reshape(shape), rp.reshape(shape), pv
+
+
+#: Elements per CPU slab (1 MiB of float32: within a typical L2 cache) and
+#: the fewest a vectorized row holds.
+_SLAB = 1 << 18
+_ROW = 256
 
 
 def _fuses(device: torch.device) -> bool:

@@ -155,6 +155,18 @@ def _check_map(amap: AffineMap, names: Sequence[str]) -> None:
         )
 
 
+_SIGNIFICAND_BITS = {torch.float32: 24, torch.float64: 53}
+
+
+def _converts_exactly(dtype: torch.dtype, compute: torch.dtype) -> bool:
+    """Whether every value of ``dtype`` is a value of the float ``compute`` dtype."""
+    if dtype == torch.bool:
+        return True
+    if dtype.is_floating_point:
+        return dtype in (torch.float16, torch.bfloat16, torch.float32, compute)
+    return torch.iinfo(dtype).bits < _SIGNIFICAND_BITS[compute]
+
+
 def _config_map(config: Mapping[str, Any]) -> AffineMap:
     """The evaluated map of a config that has ``center`` (see ``get_config``)."""
     fields = {name: _as_vector(config[name], name) for name in ("center", "scale", "offset")}
@@ -218,8 +230,9 @@ class Normalizer:
     0 for a map given as ``scale``/``shift``): that form does not cancel on
     data far from zero, and sends a range mode's minimum exactly to the low
     end. Arithmetic runs in float32, or in float64 when the output or the
-    input is float64, whatever the shape of ``scale`` (one value or one per
-    feature), and is rounded once to the output dtype. Range modes keep every
+    input is float64 (or the map's parameters overflow float32), whatever
+    the shape of ``scale`` (one value or one per feature), and is rounded
+    once to the output dtype. Range modes keep every
     input inside the fitted ``[min, max]`` inside ``[0, 1]`` (``[-1, 1]``) in
     every output dtype.
 
@@ -598,19 +611,22 @@ class Normalizer:
             self._cache[key] = hit
         return hit
 
-    def _evaluation(self, device: torch.device, dtype: torch.dtype, inverse: bool) -> tuple[Any, ...]:
+    def _evaluation(
+        self, device: torch.device, dtype: torch.dtype, inverse: bool, exact_inputs: bool
+    ) -> tuple[Any, ...]:
         """Flat ``(center, scale, offset)`` in the compute ``dtype`` on ``device``.
 
         ``center``/``offset`` are ``None`` where every value is 0, which
         spares a pass over the batch and changes no result.
         """
-        key = (device, dtype, "inverse" if inverse else "forward")
+        exact_inputs = exact_inputs and self._map.upper_is_bound and not inverse  # else the same
+        key = (device, dtype, ("inverse" if inverse else "forward") + ("-exact" * exact_inputs))
         hit = self._cache.get(key)
         if hit is None:
             amap = self._map.inverse() if inverse else self._map
             hit = tuple(
                 None if i != 1 and not np.any(v) else torch.tensor(v, dtype=dtype).to(device)
-                for i, v in enumerate(amap.params(dtype))
+                for i, v in enumerate(amap.params(dtype, exact_inputs))
             )
             self._cache[key] = hit
         return hit
@@ -675,6 +691,18 @@ class Normalizer:
             )
         return dim
 
+    def _fits_float32(self, inverse: bool) -> bool:
+        """Whether the map's float32 parameters are finite, with a non-zero scale."""
+        key = (torch.device("cpu"), torch.float32, "fits-inverse" if inverse else "fits")
+        hit = self._cache.get(key)
+        if hit is None:
+            amap = self._map.inverse() if inverse else self._map
+            with np.errstate(over="ignore", under="ignore"):
+                center, scale, offset = amap.params(torch.float32)
+            ok = all(np.isfinite(v).all() for v in (center, scale, offset)) and np.all(scale != 0)
+            hit = self._cache[key] = (bool(ok),)
+        return hit[0]
+
     def _broadcast(self, x: torch.Tensor, dtype: torch.dtype, inverse: bool) -> list[Any]:
         """The evaluation parameters shaped to broadcast against ``x``, with at least its rank.
 
@@ -688,7 +716,7 @@ class Normalizer:
         else:
             shape = (-1,) + (1,) * (x.ndim - 1 - dim)
         return [None if p is None else p.view(shape)
-                for p in self._evaluation(x.device, dtype, inverse)]
+                for p in self._evaluation(x.device, dtype, inverse, _converts_exactly(x.dtype, dtype))]
 
     # -- application ----------------------------------------------------
     def __call__(
@@ -809,6 +837,8 @@ class Normalizer:
         inverse: bool,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if compute == torch.float32 and not self._fits_float32(inverse):
+            compute = torch.float64  # e.g. the scale of a feature whose std is 1e-45
         center, scale, offset = self._broadcast(x, compute, inverse)
         if x.dtype not in _FUSED_IN:
             x = x.to(compute)

@@ -113,7 +113,8 @@ class AffineMap:
         still gives exactly ``offset``) and its scale is lowered by an ulp
         where the rounded maximum would overshoot ``offset + width``. Any
         other center is a statistic: what rounding it drops is added back
-        through ``offset``, where it is small.
+        through ``offset`` (where it is small), unless that is below half an
+        ulp of 1 in ``dtype`` for every feature.
         """
         kind = _NUMPY_FLOAT[dtype]
         with np.errstate(over="ignore", under="ignore"):  # Normalizer checks what fits
@@ -129,7 +130,12 @@ class AffineMap:
         dropped = self.center - center.astype(np.float64)  # exact: center is its rounding
         if self.center_lo is not None:
             dropped = dropped + self.center_lo
-        return center, scale, (self.offset - dropped * self.scale).astype(kind)
+        correction = dropped * self.scale
+        if np.all(np.abs(correction) <= np.finfo(kind).eps / 2):
+            # below half an ulp of the output's unit, under the arithmetic's own
+            # rounding: not worth a pass over the batch
+            correction = 0.0
+        return center, scale, (self.offset - correction).astype(kind)
 
 
 def _overshoots(span: np.ndarray, scale: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -253,8 +259,7 @@ def _evaluate_in_cache(
     else:
         xv, rv, pv = views
     rows = max(1, _SLAB // max(xv[0].numel(), 1))
-    for start in range(0, xv.shape[0], rows):
-        xs, rs = xv[start : start + rows], rv[start : start + rows]
+    for xs, rs in zip(xv.split(rows), rv.split(rows)):
         tmp = rs if rs.dtype == compute else torch.empty_like(xs, dtype=compute)
         tmp.copy_(xs)
         if pv[0] is not None:

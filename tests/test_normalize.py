@@ -482,6 +482,25 @@ def test_golden_config_fixture():
                                rtol=1e-15, atol=1e-15)
 
 
+def test_config_keeps_the_evaluated_map_and_refuses_edits():
+    """Configs carry center/offset (and a range's upper end), so a reloaded map evaluates alike."""
+    x = (1e8 + np.arange(12, dtype=np.float64)).reshape(6, 2)
+    for norm in (sn.Normalizer.from_stats(sn.compute_stats([x], layout="NF"), "zscore"),
+                 sn.Normalizer.from_stats(sn.compute_stats([x], layout="NF"), "symmetric"),
+                 sn.Normalizer.from_range(0.1, 0.7)):
+        cfg = json.loads(json.dumps(norm.get_config(), allow_nan=False))
+        assert "center" in cfg and "offset" in cfg
+        clone = sn.Normalizer.from_config(cfg)
+        for dt in (np.float32, np.float64):
+            np.testing.assert_array_equal(clone(x, dtype=dt), norm(x, dtype=dt))
+        edited = dict(cfg, shift=[v + 1 for v in cfg["shift"]] if isinstance(cfg["shift"], list)
+                      else cfg["shift"] + 1)
+        with pytest.raises(StreamnormError, match="shift disagrees"):
+            sn.Normalizer.from_config(edited)
+    # a map given as scale and shift keeps the plain form (the v1 fixture's)
+    assert "center" not in sn.Normalizer([2.0], [1.0], layout="NF").get_config()
+
+
 def test_config_errors():
     cfg = sn.Normalizer.from_range(0, 255).get_config()
     with pytest.raises(StreamnormError, match="upgrade streamnorm"):

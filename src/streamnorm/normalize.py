@@ -1,12 +1,14 @@
 """Normalization as one affine map per feature: ``y = x * scale + shift``.
 
 z-score, min-max to [0, 1], [-1, 1], robust (median/IQR) and known ranges
-(0..255) all reduce to a per-feature ``scale`` and ``shift``. They are computed
-once in float64 from :class:`~streamnorm.Stats` (or a range), kept as float32
-and float64 tensors, moved to a device once, and applied in one fused
-elementwise pass (``torch.addcmul`` into an output allocated like the input,
-so a channels_last batch stays channels_last). The inverse is the same kind of
-map with ``1/scale`` and ``-shift/scale``.
+(0..255) all reduce to a per-feature ``scale`` and ``shift``. Each mode is
+built in float64 from :class:`~streamnorm.Stats` (or a range) by
+:mod:`streamnorm._modes`, and evaluated by :mod:`streamnorm._affine` as
+``(x - center) * scale + offset`` (the same map, without the cancellation of
+``x * scale + shift`` on data far from zero), with parameters rounded once per
+compute dtype, moved to a device once, and applied on the device where the
+batch lives into an output allocated like the input (a channels_last batch
+stays channels_last). The inverse is the same form again.
 
 Per-sample standardization (each sample by its own mean and std, no stored
 statistics) is a separate, explicit mode: :meth:`Normalizer.per_sample`.
@@ -379,7 +381,11 @@ class Normalizer:
         0, respectively -1), ``robust`` uses an IQR of 1 (``y = x - median``).
         Constancy is detected as scikit-learn's ``StandardScaler`` does (a
         variance below the rounding error bound) and, for ranges, a span below
-        ``10 * eps``.
+        ``10 * eps``. Statistics that describe no feature are refused with a
+        :class:`~streamnorm.StreamnormError` naming it: a NaN, infinite or
+        negative variance, a non-finite mean, minimum, maximum or quartile
+        (non-finite data kept by ``nan_policy="propagate"``, overflow, a
+        damaged file), or no more values than ``ddof``.
 
         Examples
         --------
@@ -441,10 +447,10 @@ class Normalizer:
         Examples
         --------
         >>> import numpy as np, tempfile, streamnorm as sn
-        >>> root = tempfile.mkdtemp()
         >>> x = np.array([[0], [2], [4]], dtype=np.uint8)
-        >>> _ = sn.save_stats(sn.compute_stats([x], layout="NF"), root, "train")
-        >>> sn.Normalizer.from_store(root, mode="minmax")(x).ravel().tolist()
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     _ = sn.save_stats(sn.compute_stats([x], layout="NF"), root, "train")
+        ...     sn.Normalizer.from_store(root, mode="minmax")(x).ravel().tolist()
         [0.0, 0.5, 1.0]
         """
         from .store import load_stats  # the store pulls in pyarrow and fsspec

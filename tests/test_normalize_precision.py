@@ -18,7 +18,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 import streamnorm as sn
 from streamnorm import _affine
@@ -229,6 +229,19 @@ def test_float64_exact_on_offset_integer_data(offset, spread, picks, mode):
     else:
         expected = exact_range(x.astype(np.float64), mode)
     assert_close_to_scale(norm(x, dtype=np.float64), expected, 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([np.uint8, np.int8]), st.integers(2, 60), st.integers(1, 3), st.data())
+def test_float64_robust_matches_robust_scaler(dtype, rows, nf, data):
+    info = np.iinfo(dtype)
+    x = np.array(data.draw(st.lists(st.lists(st.integers(int(info.min), int(info.max)),
+                                             min_size=nf, max_size=nf),
+                                    min_size=rows, max_size=rows)), dtype=dtype)
+    stats = sn.compute_stats(split(x, [3, 5]), layout="NF", histogram=True)
+    expected = RobustScaler().fit(x.astype(np.float64)).transform(x.astype(np.float64))
+    y = sn.Normalizer.from_stats(stats, "robust")(x, dtype=np.float64)
+    assert_close_to_scale(y, expected, 4)
 
 
 @settings(max_examples=60, deadline=None)

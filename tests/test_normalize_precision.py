@@ -311,3 +311,17 @@ def test_cuda_computes_in_documented_dtype_and_precision():
     expected = exact_zscore(data, stats.mean, stats.std)
     got = on(torch.from_numpy(data).to(device), dtype=torch.float64).cpu().numpy()
     assert_close_to_scale(got, expected, 4)
+
+
+def test_maps_beyond_float32_are_evaluated_in_float64():
+    """A scale or range float32 cannot hold (std 1e-40, ends past 3.4e38): float64 arithmetic."""
+    x = np.array([[0.0], [1e-45]], dtype=np.float32)
+    stats = sn.compute_stats([x], layout="NF")
+    y = sn.Normalizer.from_stats(stats)(x)  # std 7e-46: its inverse overflows float32
+    np.testing.assert_array_equal(y, [[-1.0], [1.0]])
+    tiny = sn.Normalizer.from_mean_std(0.0, 1e-40)
+    torch.testing.assert_close(tiny(torch.tensor([0.0, 1e-45])), torch.tensor([0.0, 1e-45 / 1e-40]))
+    torch.testing.assert_close(tiny.inverse(torch.tensor([1.0])), torch.tensor([1e-40]))
+    wide = sn.Normalizer.from_range(-1e38, 3e38)
+    torch.testing.assert_close(wide.inverse(torch.tensor([0.0, 1.0])), torch.tensor([-1e38, 3e38]))
+    assert wide(torch.tensor([255], dtype=torch.uint8)).item() == 0.25

@@ -703,7 +703,7 @@ class Normalizer:
         hit = self._cache.get(key)
         if hit is None:
             amap = self._map.inverse() if inverse else self._map
-            with np.errstate(over="ignore", under="ignore"):
+            with np.errstate(all="ignore"):  # what overflows is what this finds
                 center, scale, offset = amap.params(torch.float32)
             ok = all(np.isfinite(v).all() for v in (center, scale, offset)) and np.all(scale != 0)
             hit = self._cache[key] = (bool(ok),)

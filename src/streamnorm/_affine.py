@@ -92,7 +92,8 @@ class AffineMap:
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """The documented form: float64 ``scale`` and ``shift = offset - center * scale``."""
         center = self.center if self.center_lo is None else self.center + self.center_lo
-        shift = self.offset - center * self.scale
+        with np.errstate(invalid="ignore", over="ignore"):  # the Normalizer refuses non-finite
+            shift = self.offset - center * self.scale
         shift.setflags(write=False)
         return self.scale, shift
 

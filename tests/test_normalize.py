@@ -482,6 +482,25 @@ def test_golden_config_fixture():
                                rtol=1e-15, atol=1e-15)
 
 
+def test_config_keeps_the_evaluated_map_and_refuses_edits():
+    """Configs carry center/offset (and a range's upper end), so a reloaded map evaluates alike."""
+    x = (1e8 + np.arange(12, dtype=np.float64)).reshape(6, 2)
+    for norm in (sn.Normalizer.from_stats(sn.compute_stats([x], layout="NF"), "zscore"),
+                 sn.Normalizer.from_stats(sn.compute_stats([x], layout="NF"), "symmetric"),
+                 sn.Normalizer.from_range(0.1, 0.7)):
+        cfg = json.loads(json.dumps(norm.get_config(), allow_nan=False))
+        assert "center" in cfg and "offset" in cfg
+        clone = sn.Normalizer.from_config(cfg)
+        for dt in (np.float32, np.float64):
+            np.testing.assert_array_equal(clone(x, dtype=dt), norm(x, dtype=dt))
+        edited = dict(cfg, shift=[v + 1 for v in cfg["shift"]] if isinstance(cfg["shift"], list)
+                      else cfg["shift"] + 1)
+        with pytest.raises(StreamnormError, match="shift disagrees"):
+            sn.Normalizer.from_config(edited)
+    # a map given as scale and shift keeps the plain form (the v1 fixture's)
+    assert "center" not in sn.Normalizer([2.0], [1.0], layout="NF").get_config()
+
+
 def test_config_errors():
     cfg = sn.Normalizer.from_range(0, 255).get_config()
     with pytest.raises(StreamnormError, match="upgrade streamnorm"):
@@ -528,3 +547,35 @@ def test_cuda_matches_cpu_and_keeps_device():
     assert torch.equal(back.cpu(), x)
     ps = sn.Normalizer.per_sample()
     torch.testing.assert_close(ps(x.to(device)).cpu(), ps(x), rtol=1e-5, atol=1e-5)
+
+
+# -- memory layouts of the CPU evaluation ---------------------------------------------
+VIEWS = {
+    "contiguous": lambda t: t,
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "sliced": lambda t: t[:, :, ::2],
+    "transposed_hw": lambda t: t.transpose(2, 3),
+    "expanded": lambda t: t[:1].expand(t.shape[0], -1, -1, -1),
+    "flipped_view": lambda t: t.permute(0, 3, 2, 1).contiguous().permute(0, 3, 2, 1),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(st.integers(1, 6), st.just(3), st.integers(1, 40), st.integers(1, 40)),
+       st.sampled_from(sorted(VIEWS)),
+    st.sampled_from([torch.float32, torch.float16, torch.float64]), st.booleans())
+def test_memory_layouts_agree(shape, view, out_dtype, with_out):
+    gen = torch.Generator().manual_seed(int(np.prod(shape)))
+    x = VIEWS[view](torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen))
+    norm = sn.Normalizer.from_mean_std([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
+    out = torch.empty(x.shape, dtype=out_dtype) if with_out else None
+    y = norm(x, dtype=out_dtype, out=out)
+    assert y.shape == x.shape and y.dtype == out_dtype and (out is None or y is out)
+    expected = (x.double() - torch.tensor([123.675, 116.28, 103.53], dtype=torch.float64).view(
+        3, 1, 1)) / torch.tensor([58.395, 57.12, 57.375], dtype=torch.float64).view(3, 1, 1)
+    tol = {torch.float16: 2e-3, torch.float32: 1e-6, torch.float64: 1e-14}[out_dtype]
+    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol)
+    if not with_out and view == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    nhwc = norm.with_layout("NHWC")(x.permute(0, 2, 3, 1), dtype=out_dtype)
+    torch.testing.assert_close(nhwc.permute(0, 3, 1, 2), y, rtol=0, atol=0)

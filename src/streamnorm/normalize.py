@@ -1,12 +1,14 @@
 """Normalization as one affine map per feature: ``y = x * scale + shift``.
 
 z-score, min-max to [0, 1], [-1, 1], robust (median/IQR) and known ranges
-(0..255) all reduce to a per-feature ``scale`` and ``shift``. They are computed
-once in float64 from :class:`~streamnorm.Stats` (or a range), kept as float32
-and float64 tensors, moved to a device once, and applied in one fused
-elementwise pass (``torch.addcmul`` into an output allocated like the input,
-so a channels_last batch stays channels_last). The inverse is the same kind of
-map with ``1/scale`` and ``-shift/scale``.
+(0..255) all reduce to a per-feature ``scale`` and ``shift``. Each mode is
+built in float64 from :class:`~streamnorm.Stats` (or a range) by
+:mod:`streamnorm._modes`, and evaluated by :mod:`streamnorm._affine` as
+``(x - center) * scale + offset`` (the same map, without the cancellation of
+``x * scale + shift`` on data far from zero), with parameters rounded once per
+compute dtype, moved to a device once, and applied on the device where the
+batch lives into an output allocated like the input (a channels_last batch
+stays channels_last). The inverse is the same form again.
 
 Per-sample standardization (each sample by its own mean and std, no stored
 statistics) is a separate, explicit mode: :meth:`Normalizer.per_sample`.
@@ -31,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _modes
+from ._affine import AffineMap, evaluate
 from .errors import DTypeError, LayoutError, StreamnormError
 from .layout import Layout, parse_layout
 from .stats import Stats
@@ -39,7 +43,7 @@ __all__ = ["MODES", "Normalizer"]
 
 #: Modes of :meth:`Normalizer.from_stats`.
 MODES = ("zscore", "minmax", "symmetric", "robust")
-_RANGE_MODES = {"minmax": (0.0, 1.0), "symmetric": (-1.0, 1.0)}
+_RANGE_MODES = _modes.RANGE_MODES
 CONFIG_ID = "streamnorm.Normalizer"
 CONFIG_VERSION = 1
 
@@ -123,25 +127,71 @@ def _resolve_device(device: Any) -> torch.device:
 
 
 def _as_vector(values: Any, name: str) -> np.ndarray:
-    arr = np.array(values, dtype=np.float64, copy=True)
+    try:
+        arr = np.array(values, dtype=np.float64, copy=True)
+    except (TypeError, ValueError):
+        raise StreamnormError(f"{name} must be numbers, got {values!r}") from None
     if arr.ndim > 1:
         raise StreamnormError(f"{name} must be a scalar or a 1-D sequence, got shape {arr.shape}")
     return arr.reshape(-1)
 
 
-def _constant_mask(var: np.ndarray, mean: np.ndarray, n: np.ndarray) -> np.ndarray:
-    # scikit-learn's _is_constant_feature: a variance within the rounding error
-    # bound of the two-pass algorithm is indistinguishable from zero.
-    eps = np.finfo(np.float64).eps
-    n = n.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        bound = n * eps * var + (n * mean * eps) ** 2
-        return ~(var > bound)  # NaN variance (count <= ddof) counts as constant
+def _check_map(amap: AffineMap, names: Sequence[str]) -> None:
+    """Finite parameters and a non-zero scale, or an error naming the feature."""
+    scale, shift = amap.affine()
+    parts = {"scale": scale, "shift": shift, "center": amap.center, "offset": amap.offset}
+    for what, values in parts.items():
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            i = int(bad[0])
+            raise StreamnormError(
+                f"the {what} of feature {names[i]!r} (index {i}) is {values[i]}; a normalizer "
+                f"needs finite values (check the statistics or values it was built from)"
+            )
+    zero = np.flatnonzero(scale == 0)
+    if zero.size:
+        i = int(zero[0])
+        raise StreamnormError(
+            f"the scale of feature {names[i]!r} (index {i}) is 0; scale must be non-zero "
+            f"(the map must be invertible)"
+        )
 
 
-def _safe_range(rng: np.ndarray) -> np.ndarray:
-    # scikit-learn's _handle_zeros_in_scale (MinMaxScaler, RobustScaler).
-    return np.where(rng < 10 * np.finfo(np.float64).eps, 1.0, rng)
+_SIGNIFICAND_BITS = {torch.float32: 24, torch.float64: 53}
+
+
+def _converts_exactly(dtype: torch.dtype, compute: torch.dtype) -> bool:
+    """Whether every value of ``dtype`` is a value of the float ``compute`` dtype."""
+    if dtype == torch.bool:
+        return True
+    if dtype.is_floating_point:
+        return dtype in (torch.float16, torch.bfloat16, torch.float32, compute)
+    return torch.iinfo(dtype).bits < _SIGNIFICAND_BITS[compute]
+
+
+def _config_map(config: Mapping[str, Any]) -> AffineMap:
+    """The evaluated map of a config that has ``center`` (see ``get_config``)."""
+    fields = {name: _as_vector(config[name], name) for name in ("center", "scale", "offset")}
+    for name in ("center_lo", "upper"):
+        if config.get(name) is not None:
+            fields[name] = _as_vector(config[name], name)
+    sizes = {v.size for v in fields.values()}
+    if len(sizes) != 1:
+        raise StreamnormError(f"config fields {sorted(fields)} need one value per feature each")
+    width = config.get("width")
+    if ("upper" in fields) != (width is not None):
+        raise StreamnormError("config fields 'upper' and 'width' go together")
+    amap = AffineMap(**fields, width=None if width is None else float(width),
+                     upper_is_bound=config.get("upper_is_bound") is True)
+    shift = _as_vector(config["shift"], "shift")
+    with np.errstate(all="ignore"):
+        agree = shift.shape == amap.affine()[1].shape and np.array_equal(shift, amap.affine()[1])
+    if not agree:
+        raise StreamnormError(
+            "the config's shift disagrees with its center, scale and offset; it was edited "
+            "or damaged: rebuild it with get_config()"
+        )
+    return amap
 
 
 class Normalizer:
@@ -172,15 +222,21 @@ class Normalizer:
     scale, shift : torch.Tensor
         float32 ``[F]`` on :attr:`device`.
     scale64, shift64 : torch.Tensor
-        float64 ``[F]`` on :attr:`device`, used when float64 output is asked for.
+        float64 ``[F]`` on :attr:`device`: the map in full precision.
     layout, mode, n_features, feature_names, device
 
     Notes
     -----
-    Arithmetic runs in float32 (float64 when the output or the input is
-    float64) and is rounded once to the output dtype. For float input whose
-    ``|mean|`` is many orders above its ``std``, ``x * scale + shift`` in
-    float32 cancels digits; ask for ``dtype=torch.float64`` there.
+    The map is evaluated as ``(x - center) * scale + offset``, where the
+    center is what the mode subtracts (the mean, the minimum, the median;
+    0 for a map given as ``scale``/``shift``): that form does not cancel on
+    data far from zero, and sends a range mode's minimum exactly to the low
+    end. Arithmetic runs in float32, or in float64 when the output or the
+    input is float64 (or the map's parameters overflow float32), whatever
+    the shape of ``scale`` (one value or one per feature), and is rounded
+    once to the output dtype. Range modes keep every
+    input inside the fitted ``[min, max]`` inside ``[0, 1]`` (``[-1, 1]``) in
+    every output dtype.
 
     Examples
     --------
@@ -211,31 +267,52 @@ class Normalizer:
                 f"scale and shift need the same, non-zero number of values; got "
                 f"{scale64.size} and {shift64.size}"
             )
-        if not (np.all(np.isfinite(scale64)) and np.all(np.isfinite(shift64))):
-            raise StreamnormError("scale and shift must be finite")
-        if np.any(scale64 == 0):
-            raise StreamnormError("scale must be non-zero (the map must be invertible)")
-        is_scalar = np.ndim(scale) == 0 and np.ndim(shift) == 0
-        if layout is None:
-            layout = "N" if is_scalar else "NCHW"
-        lay = parse_layout(layout)
-        nf = scale64.size
-        if lay.feature_axis is None and nf != 1:
-            raise LayoutError(
-                f"layout {lay.text!r} has no feature axis but {nf} per-feature values were "
-                f"given; use a layout with 'C' or 'F' (e.g. 'NCHW')"
-            )
+        scalar = np.ndim(scale) == 0 and np.ndim(shift) == 0
+        amap = AffineMap(np.zeros_like(scale64), scale64, shift64)
+        self._init_map(amap, scalar, layout, mode, feature_names, source_dtype)
+
+    @classmethod
+    def _from_map(
+        cls,
+        amap: AffineMap,
+        scalar: bool,
+        layout: str | None,
+        mode: str,
+        feature_names: Sequence[str] | None = None,
+        source_dtype: str | None = None,
+    ) -> Normalizer:
+        self = cls.__new__(cls)
+        self._init_map(amap, scalar, layout, mode, feature_names, source_dtype)
+        return self
+
+    def _init_map(
+        self,
+        amap: AffineMap,
+        scalar: bool,
+        layout: str | None,
+        mode: str,
+        feature_names: Sequence[str] | None,
+        source_dtype: str | None,
+    ) -> None:
+        nf = amap.size
         if feature_names is None:
             names = tuple(str(i) for i in range(nf))
         else:
             names = tuple(str(n) for n in feature_names)
             if len(names) != nf:
                 raise StreamnormError(f"{len(names)} feature names given for {nf} features")
-        scale64.setflags(write=False)
-        shift64.setflags(write=False)
-        self._setup(lay, mode, names, source_dtype, scale64, shift64, None)
+        _check_map(amap, names)
+        if layout is None:
+            layout = "N" if scalar else "NCHW"
+        lay = parse_layout(layout)
+        if lay.feature_axis is None and nf != 1:
+            raise LayoutError(
+                f"layout {lay.text!r} has no feature axis but {nf} per-feature values were "
+                f"given; use a layout with 'C' or 'F' (e.g. 'NCHW')"
+            )
+        self._setup(lay, mode, names, source_dtype, amap, None)
         # scalars apply to every element, whatever the batch's rank or layout
-        self._scalar = bool(is_scalar)
+        self._scalar = bool(scalar)
 
     def _setup(
         self,
@@ -243,21 +320,20 @@ class Normalizer:
         mode: str,
         feature_names: tuple[str, ...] | None,
         source_dtype: str | None,
-        scale64: np.ndarray | None,
-        shift64: np.ndarray | None,
+        amap: AffineMap | None,
         per_sample: dict[str, Any] | None,
     ) -> None:
         self._layout = layout
         self._mode = str(mode)
         self._feature_names = feature_names
         self._source_dtype = None if source_dtype is None else np.dtype(source_dtype).name
-        self._scale_np = scale64
-        self._shift_np = shift64
+        self._map = amap
+        self._scale_np, self._shift_np = (None, None) if amap is None else amap.affine()
         self._per_sample = per_sample
         self._scalar = False
-        # (device, dtype, inverse) -> flat (scale, shift); shared by every
-        # .to() copy so that moving back and forth never transfers twice.
-        self._cache: dict[tuple[torch.device, torch.dtype, bool], tuple[torch.Tensor, ...]] = {}
+        # (device, dtype, what) -> flat parameters; shared by every .to()
+        # copy so that moving back and forth never transfers twice.
+        self._cache: dict[tuple[torch.device, torch.dtype, str], tuple[Any, ...]] = {}
         self._bind(torch.device("cpu"))
 
     def _bind(self, device: torch.device) -> None:
@@ -265,8 +341,8 @@ class Normalizer:
         if self._scale_np is None:
             self.scale = self.shift = self.scale64 = self.shift64 = None
             return
-        self.scale, self.shift = self._params(device, torch.float32, False)
-        self.scale64, self.shift64 = self._params(device, torch.float64, False)
+        self.scale, self.shift = self._documented(device, torch.float32)
+        self.scale64, self.shift64 = self._documented(device, torch.float64)
 
     # -- constructors ---------------------------------------------------
     @classmethod
@@ -305,7 +381,11 @@ class Normalizer:
         0, respectively -1), ``robust`` uses an IQR of 1 (``y = x - median``).
         Constancy is detected as scikit-learn's ``StandardScaler`` does (a
         variance below the rounding error bound) and, for ranges, a span below
-        ``10 * eps``.
+        ``10 * eps``. Statistics that describe no feature are refused with a
+        :class:`~streamnorm.StreamnormError` naming it: a NaN, infinite or
+        negative variance, a non-finite mean, minimum, maximum or quartile
+        (non-finite data kept by ``nan_policy="propagate"``, overflow, a
+        damaged file), or no more values than ``ddof``.
 
         Examples
         --------
@@ -333,31 +413,16 @@ class Normalizer:
                 f"normalized; check the split and the nan_policy the statistics were built with"
             )
         if mode == "zscore":
-            var = stats.variance(int(ddof))
-            const = _constant_mask(var, stats.mean, stats.count)
-            std = np.where(const, 1.0, np.sqrt(np.where(const, 1.0, var)))
-            scale = 1.0 / std
-            shift = -stats.mean / std
+            amap = _modes.zscore(stats, int(ddof))
         elif mode == "robust":
-            if stats.histogram is None:
-                raise StreamnormError(
-                    "mode='robust' needs the median and IQR, which only the exact histogram "
-                    "gives; accumulate 8-bit data with StatsAccumulator(..., histogram=True) "
-                    "(or use mode='zscore' or 'minmax')"
-                )
-            q1, med, q3 = stats.quantile([0.25, 0.5, 0.75])
-            iqr = _safe_range(q3 - q1)
-            scale = 1.0 / iqr
-            shift = -med / iqr
+            amap = _modes.robust(stats)
         else:
-            low, high = _RANGE_MODES[mode]
-            scale = (high - low) / _safe_range(stats.max - stats.min)
-            shift = low - stats.min * scale
-        return cls(
-            scale,
-            shift,
-            layout=stats.layout if layout is None else layout,
-            mode=mode,
+            amap = _modes.range_map(stats, mode)
+        return cls._from_map(
+            amap,
+            False,
+            stats.layout if layout is None else layout,
+            mode,
             feature_names=stats.feature_names,
             source_dtype=stats.dtype,
         )
@@ -382,10 +447,10 @@ class Normalizer:
         Examples
         --------
         >>> import numpy as np, tempfile, streamnorm as sn
-        >>> root = tempfile.mkdtemp()
         >>> x = np.array([[0], [2], [4]], dtype=np.uint8)
-        >>> _ = sn.save_stats(sn.compute_stats([x], layout="NF"), root, "train")
-        >>> sn.Normalizer.from_store(root, mode="minmax")(x).ravel().tolist()
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     _ = sn.save_stats(sn.compute_stats([x], layout="NF"), root, "train")
+        ...     sn.Normalizer.from_store(root, mode="minmax")(x).ravel().tolist()
         [0.0, 0.5, 1.0]
         """
         from .store import load_stats  # the store pulls in pyarrow and fsspec
@@ -427,19 +492,8 @@ class Normalizer:
         if lo.size != hi.size and min(lo.size, hi.size) != 1:
             raise StreamnormError(f"low has {lo.size} values but high has {hi.size}")
         lo, hi = np.broadcast_arrays(lo, hi)
-        bad = ~(np.isfinite(lo) & np.isfinite(hi) & (hi > lo))
-        if np.any(bad):
-            i = int(np.argmax(bad))
-            raise StreamnormError(
-                f"the range of feature {i} is [{lo[i]}, {hi[i]}]; it needs finite low < high"
-            )
-        a, b = _RANGE_MODES[mode]
-        scale = (b - a) / (hi - lo)
-        shift = a - lo * scale
         scalar = np.ndim(low) == 0 and np.ndim(high) == 0
-        if scalar:
-            scale, shift = scale[0], shift[0]
-        return cls(scale, shift, layout=layout, mode=mode)
+        return cls._from_map(_modes.known_range(lo, hi, mode), scalar, layout, mode)
 
     @classmethod
     def from_mean_std(
@@ -459,12 +513,8 @@ class Normalizer:
         if m.size != s.size and min(m.size, s.size) != 1:
             raise StreamnormError(f"mean has {m.size} values but std has {s.size}")
         m, s = np.broadcast_arrays(m, s)
-        if not (np.all(np.isfinite(m)) and np.all(np.isfinite(s)) and np.all(s > 0)):
-            raise StreamnormError("mean must be finite and std finite and > 0")
-        scale, shift = 1.0 / s, -m / s
-        if np.ndim(mean) == 0 and np.ndim(std) == 0:
-            scale, shift = scale[0], shift[0]
-        return cls(scale, shift, layout=layout, mode="zscore")
+        scalar = np.ndim(mean) == 0 and np.ndim(std) == 0
+        return cls._from_map(_modes.mean_std(m, s), scalar, layout, "zscore")
 
     @classmethod
     def per_sample(
@@ -493,7 +543,7 @@ class Normalizer:
         if per_feature and lay.feature_axis is None:
             raise LayoutError(f"per_feature=True needs a layout with 'C' or 'F', got {lay.text!r}")
         self = cls.__new__(cls)
-        self._setup(lay, "per_sample", None, None, None, None,
+        self._setup(lay, "per_sample", None, None, None,
                     {"eps": float(eps), "per_feature": bool(per_feature)})
         return self
 
@@ -556,24 +606,36 @@ class Normalizer:
         return new
 
     # -- devices --------------------------------------------------------
-    def _params(
-        self, device: torch.device, dtype: torch.dtype, inverse: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (device, dtype, inverse)
+    def _documented(self, device: torch.device, dtype: torch.dtype) -> tuple[Any, ...]:
+        """The documented ``(scale, shift)`` as flat ``dtype`` tensors on ``device``."""
+        key = (device, dtype, "affine")
         hit = self._cache.get(key)
         if hit is None:
-            if inverse:
-                scale = 1.0 / self._scale_np
-                shift = -self._shift_np / self._scale_np
-            else:
-                scale, shift = self._scale_np, self._shift_np
             # A blocking copy: finished before any stream can read it.
-            hit = (
-                torch.tensor(scale, dtype=dtype).to(device),
-                torch.tensor(shift, dtype=dtype).to(device),
+            hit = tuple(torch.tensor(v, dtype=dtype).to(device)
+                        for v in (self._scale_np, self._shift_np))
+            self._cache[key] = hit
+        return hit
+
+    def _evaluation(
+        self, device: torch.device, dtype: torch.dtype, inverse: bool, exact_inputs: bool
+    ) -> tuple[Any, ...]:
+        """Flat ``(center, scale, offset)`` in the compute ``dtype`` on ``device``.
+
+        ``center``/``offset`` are ``None`` where every value is 0, which
+        spares a pass over the batch and changes no result.
+        """
+        exact_inputs = exact_inputs and self._map.upper_is_bound and not inverse  # else the same
+        key = (device, dtype, ("inverse" if inverse else "forward") + ("-exact" * exact_inputs))
+        hit = self._cache.get(key)
+        if hit is None:
+            amap = self._map.inverse() if inverse else self._map
+            hit = tuple(
+                None if i != 1 and not np.any(v) else torch.tensor(v, dtype=dtype).to(device)
+                for i, v in enumerate(amap.params(dtype, exact_inputs))
             )
             self._cache[key] = hit
-        return hit  # type: ignore[return-value]
+        return hit
 
     def to(self, device: Any) -> Normalizer:
         """This normalizer with :attr:`scale`/:attr:`shift` on ``device`` (moved once).
@@ -635,15 +697,32 @@ class Normalizer:
             )
         return dim
 
-    def _broadcast(
-        self, x: torch.Tensor, dtype: torch.dtype, inverse: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fits_float32(self, inverse: bool) -> bool:
+        """Whether the map's float32 parameters are finite, with a non-zero scale."""
+        key = (torch.device("cpu"), torch.float32, "fits-inverse" if inverse else "fits")
+        hit = self._cache.get(key)
+        if hit is None:
+            amap = self._map.inverse() if inverse else self._map
+            with np.errstate(all="ignore"):  # what overflows is what this finds
+                center, scale, offset = amap.params(torch.float32)
+            ok = all(np.isfinite(v).all() for v in (center, scale, offset)) and np.all(scale != 0)
+            hit = self._cache[key] = (bool(ok),)
+        return hit[0]
+
+    def _broadcast(self, x: torch.Tensor, dtype: torch.dtype, inverse: bool) -> list[Any]:
+        """The evaluation parameters shaped to broadcast against ``x``, with at least its rank.
+
+        Never fewer dimensions than ``x``: type promotion ignores the dtype of
+        a lower-rank tensor of the same kind, so a 0-dim float32 scale would
+        leave a bfloat16 batch computed in bfloat16.
+        """
         dim = self._feature_dim(x)
-        scale, shift = self._params(x.device, dtype, inverse)
         if dim is None:
-            return scale.reshape(()), shift.reshape(())
-        shape = (-1,) + (1,) * (x.ndim - 1 - dim)
-        return scale.view(shape), shift.view(shape)
+            shape: tuple[int, ...] = (1,) * x.ndim
+        else:
+            shape = (-1,) + (1,) * (x.ndim - 1 - dim)
+        return [None if p is None else p.view(shape)
+                for p in self._evaluation(x.device, dtype, inverse, _converts_exactly(x.dtype, dtype))]
 
     # -- application ----------------------------------------------------
     def __call__(
@@ -764,28 +843,12 @@ class Normalizer:
         inverse: bool,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        scale, shift = self._broadcast(x, compute, inverse)
+        if compute == torch.float32 and not self._fits_float32(inverse):
+            compute = torch.float64  # e.g. the scale of a feature whose std is 1e-45
+        center, scale, offset = self._broadcast(x, compute, inverse)
         if x.dtype not in _FUSED_IN:
             x = x.to(compute)
-        if x.requires_grad and torch.is_grad_enabled() and out is None:
-            # out= does not record autograd; a decoder's output keeps its graph.
-            return torch.addcmul(shift, x, scale).to(out_dtype)
-        if x.device.type == "cpu":
-            # torch's CPU addcmul neither vectorizes mixed dtypes nor (C,1,1)
-            # broadcasts well; convert, then two vectorized in-place passes
-            # (3-4x faster). Same float32 arithmetic, one rounding at the end.
-            direct = out is not None and out.dtype == compute
-            tmp = out if direct else torch.empty_like(x, dtype=compute)
-            tmp.copy_(x)
-            tmp.mul_(scale).add_(shift)
-            if direct or (out is None and out_dtype == compute):
-                return tmp
-            return tmp.to(out_dtype) if out is None else out.copy_(tmp)
-        # On accelerators one fused pass: x read once in its own dtype,
-        # promoted to `compute`, written once in `out_dtype`, in x's memory format.
-        if out is None:
-            out = torch.empty_like(x, dtype=out_dtype)
-        return torch.addcmul(shift, x, scale, out=out)
+        return evaluate(x, center, scale, offset, out_dtype, compute, out)
 
     def _per_sample_apply(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         lay = self._layout
@@ -844,11 +907,24 @@ class Normalizer:
         config.update(
             feature_names=list(self._feature_names or ()),
             source_dtype=self._source_dtype,
-            scale=[float(v) for v in self._scale_np],
-            shift=[float(v) for v in self._shift_np],
+            scale=self._scale_np,
+            shift=self._shift_np,
         )
-        if self._scalar:  # a number, not a list: applies to every element
-            config.update(scale=config["scale"][0], shift=config["shift"][0])
+        amap = self._map
+        if np.any(amap.center) or amap.center_lo is not None or amap.upper is not None:
+            # How the map is evaluated (see Notes of the class); readers that
+            # know only scale and shift still get the same map.
+            config.update(center=amap.center, offset=amap.offset)
+            if amap.center_lo is not None:
+                config["center_lo"] = amap.center_lo
+            if amap.upper is not None:
+                config.update(upper=amap.upper, width=amap.width)
+                if amap.upper_is_bound:
+                    config["upper_is_bound"] = True
+        for name, values in config.items():
+            if isinstance(values, np.ndarray):
+                # a number, not a list, for scalars: applies to every element
+                config[name] = float(values[0]) if self._scalar else [float(v) for v in values]
         return config
 
     @classmethod
@@ -869,16 +945,17 @@ class Normalizer:
                 return cls.per_sample(
                     config["layout"], eps=config["eps"], per_feature=config["per_feature"]
                 )
-            return cls(
-                config["scale"],
-                config["shift"],
-                layout=config["layout"],
-                mode=config["mode"],
-                feature_names=config.get("feature_names") or None,
-                source_dtype=config.get("source_dtype"),
-            )
+            names = config.get("feature_names") or None
+            if "center" not in config:  # a map given as scale and shift
+                return cls(config["scale"], config["shift"], layout=config["layout"],
+                           mode=config["mode"], feature_names=names,
+                           source_dtype=config.get("source_dtype"))
+            amap = _config_map(config)
         except KeyError as exc:
             raise StreamnormError(f"Normalizer config lacks the field {exc.args[0]!r}") from None
+        scalar = np.ndim(config["scale"]) == 0
+        return cls._from_map(amap, scalar, config["layout"], config["mode"], names,
+                             config.get("source_dtype"))
 
     def __repr__(self) -> str:
         if self._per_sample is not None:

@@ -123,3 +123,21 @@ def test_genuinely_constant_features_keep_scale_one(value, rows, dtype):
         np.testing.assert_array_equal(norm(x, dtype=np.float64)[:, 0], low)
         sk = MinMaxScaler((low, 1.0)).fit(xf)
         assert norm.scale64.numpy()[0] == sk.scale_[0]
+
+
+def test_ddof_must_be_an_integer_not_a_bool():
+    stats = sn.compute_stats([np.arange(12, dtype=np.float32).reshape(4, 3)], layout="NF")
+    for bad in (True, 1.0, -1):
+        with pytest.raises(sn.StreamnormError, match="ddof"):
+            sn.Normalizer.from_stats(stats, ddof=bad)
+
+
+def test_bfloat16_statistics_build_a_normalizer():
+    torch = pytest.importorskip("torch")
+    x = torch.arange(24, dtype=torch.float32).reshape(8, 3).to(torch.bfloat16)
+    stats = sn.compute_stats([x], layout="NF")
+    assert stats.dtype == "bfloat16"
+    norm = sn.Normalizer.from_stats(stats)
+    y = norm(x)
+    assert y.dtype == torch.float32
+    assert torch.allclose(y.mean(0), torch.zeros(3), atol=1e-6)

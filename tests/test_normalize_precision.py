@@ -325,3 +325,18 @@ def test_maps_beyond_float32_are_evaluated_in_float64():
     wide = sn.Normalizer.from_range(-1e38, 3e38)
     torch.testing.assert_close(wide.inverse(torch.tensor([0.0, 1.0])), torch.tensor([-1e38, 3e38]))
     assert wide(torch.tensor([255], dtype=torch.uint8)).item() == 0.25
+
+
+def test_float_zscore_center_keeps_the_digits_of_shift_and_shifted_mean():
+    # data far from zero: the plain float64 mean is off by up to half an ulp of 1e9
+    # (6e-8), which shift + shifted_mean do not lose
+    rng = np.random.default_rng(7)
+    x = 1e9 + rng.standard_normal((2000, 2))
+    stats = sn.compute_stats([x], layout="NF")
+    z = sn.Normalizer.from_stats(stats)(torch.from_numpy(x), dtype=torch.float64).numpy()
+    for f in range(2):
+        col = [Fraction(v) for v in x[:, f]]
+        mean = sum(col) / len(col)
+        std = float(stats.std[f])
+        reference = np.array([float((v - mean) / Fraction(std)) for v in col])
+        assert np.max(np.abs(z[:, f] - reference)) <= 1e-12

@@ -73,9 +73,20 @@ def _unit(span: np.ndarray) -> np.ndarray:
 
 
 def _exact_mean(stats: Stats) -> tuple[np.ndarray, np.ndarray | None]:
-    """The mean as a float64 pair ``hi + lo``: exact for integer data (its exact sums)."""
+    """The mean as a float64 pair ``hi + lo``.
+
+    Exact for integer data (its exact sums); for float data ``shift +
+    shifted_mean`` without the rounding of their sum (Knuth's TwoSum), so an
+    offset feature keeps the digits its statistics hold.
+    """
     if not stats.is_exact:
-        return stats.mean, None
+        a, b = stats.shift, stats.shifted_mean
+        with np.errstate(invalid="ignore", over="ignore"):
+            hi = a + b
+            bb = hi - a
+            lo = (a - (hi - bb)) + (b - bb)
+        lo = np.where(np.isfinite(lo), lo, 0.0)
+        return stats.mean, (lo if lo.any() else None)
     hi = np.empty(stats.n_features)
     lo = np.empty(stats.n_features)
     for i, (total, n) in enumerate(zip(stats.int_sum, stats.count.tolist())):

@@ -37,7 +37,7 @@ from . import _modes
 from ._affine import AffineMap, evaluate
 from .errors import DTypeError, LayoutError, StreamnormError
 from .layout import Layout, parse_layout
-from .stats import Stats
+from .stats import Stats, dtype_name
 
 __all__ = ["MODES", "Normalizer"]
 
@@ -326,7 +326,7 @@ class Normalizer:
         self._layout = layout
         self._mode = str(mode)
         self._feature_names = feature_names
-        self._source_dtype = None if source_dtype is None else np.dtype(source_dtype).name
+        self._source_dtype = None if source_dtype is None else dtype_name(source_dtype)
         self._map = amap
         self._scale_np, self._shift_np = (None, None) if amap is None else amap.affine()
         self._per_sample = per_sample
@@ -404,7 +404,7 @@ class Normalizer:
             )
         if mode not in MODES:
             raise StreamnormError(f"mode={mode!r} is not one of {list(MODES)}")
-        if not isinstance(ddof, numbers.Integral) or ddof < 0:
+        if isinstance(ddof, bool) or not isinstance(ddof, numbers.Integral) or ddof < 0:
             raise StreamnormError(f"ddof must be a non-negative integer, got {ddof!r}")
         empty = [name for name, n in zip(stats.feature_names, stats.count) if n == 0]
         if empty:

@@ -124,11 +124,12 @@ def test_float32_minmax_minimum_is_zero_like_sklearn():
 
 
 # -- float64 against exact oracles and scikit-learn, on offset data -------------------------
-def exact_zscore(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """``(x - mean) / std`` in rational arithmetic from the given float64 values, rounded once."""
+def exact_zscore(x: np.ndarray, mean, std: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` in rational arithmetic from the given values, rounded once."""
     out = np.empty(x.shape)
     for j in range(x.shape[1]):
-        m, s = Fraction(float(mean[j])), Fraction(float(std[j]))
+        m = mean[j] if isinstance(mean[j], Fraction) else Fraction(float(mean[j]))
+        s = Fraction(float(std[j]))
         out[:, j] = [float((Fraction(float(v)) - m) / s) for v in x[:, j]]
     return out
 
@@ -170,7 +171,9 @@ def test_float64_zscore_exact_for_the_statistics_on_offset_data(case):
     x, sizes = case
     stats = sn.compute_stats(split(x, sizes), layout="NF")
     norm = sn.Normalizer.from_stats(stats)
-    expected = exact_zscore(x, stats.mean, np.where(stats.std > 0, stats.std, 1.0))
+    # the statistics' mean is shift + shifted_mean, exactly (stats.mean is its rounding)
+    center = [Fraction(float(a)) + Fraction(float(b)) for a, b in zip(stats.shift, stats.shifted_mean)]
+    expected = exact_zscore(x, center, np.where(stats.std > 0, stats.std, 1.0))
     if not np.all(stats.std > 0) or np.any(norm.scale64.numpy() == 1.0):
         return  # constant (by scikit-learn's rule): covered by the constant-feature tests
     assert_close_to_scale(norm(x, dtype=np.float64), expected, 4)

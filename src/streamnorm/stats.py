@@ -104,6 +104,14 @@ def exact_ints(values: Sequence[int] | np.ndarray) -> np.ndarray:
         return np.array([int(v) for v in values], dtype=object)
 
 
+def _int64_part(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of :func:`exact_ints`' values fit in int64, and those values (0 elsewhere)."""
+    if values.dtype == np.int64:
+        return np.ones(values.shape, dtype=bool), values
+    fits = np.asarray((values >= -_INT64_MAX - 1) & (values <= _INT64_MAX), dtype=bool)
+    return fits, np.where(fits, values, 0).astype(np.int64)
+
+
 def _moments_in_float64(
     n: np.ndarray, s: np.ndarray, q: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,8 +140,10 @@ def exact_moments_array(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`exact_moments` of many features at once, bit for bit the same.
 
-    Features whose sums are small enough (see ``_moments_in_float64``) are
-    computed with numpy; the others, one by one with Python's exact integers.
+    Where ``count``, ``sum`` and ``count * sumsq - sum**2`` are exact in int64
+    and at most 2**53 in magnitude, float64 division of these exact operands
+    is correctly rounded, like Python's ``int / int``: those features are
+    computed with numpy at once; the others, one by one with Python's integers.
 
     Parameters
     ----------
@@ -158,11 +168,10 @@ def exact_moments_array(
             f"exact moments need count, sums and sums of squares of one shape (F,), got "
             f"{n.shape}, {s.shape} and {q.shape}"
         )
-    fast = np.zeros(n.shape, dtype=bool)
-    mean, m2 = np.full(n.shape, np.nan), np.zeros(n.shape)
-    if n.dtype == s.dtype == q.dtype == np.int64:
-        fast, fast_mean, fast_m2 = _moments_in_float64(n, s, q)
-        mean, m2 = np.where(fast, fast_mean, mean), np.where(fast, fast_m2, m2)
+    (fits_n, n64), (fits_s, s64), (fits_q, q64) = (_int64_part(v) for v in (n, s, q))
+    fast, mean, m2 = _moments_in_float64(n64, s64, q64)
+    fast &= fits_n & fits_s & fits_q
+    mean, m2 = np.where(fast, mean, np.nan), np.where(fast, m2, 0.0)
     for f in np.flatnonzero(~fast & (n != 0)).tolist():
         mean[f], m2[f] = exact_moments(int(n[f]), int(s[f]), int(q[f]))
     return mean, m2

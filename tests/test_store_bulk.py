@@ -10,6 +10,7 @@ Python-level work that does not grow with the number of features.
 
 from __future__ import annotations
 
+import gc
 import sys
 from fractions import Fraction
 
@@ -181,11 +182,16 @@ def python_calls(fn) -> int:
         nonlocal calls
         calls += event in ("call", "c_call")
 
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # a collection's callbacks would count as work of whichever call it hit
     sys.setprofile(count)
     try:
         fn()
     finally:
         sys.setprofile(None)
+        if enabled:
+            gc.enable()
     return calls
 
 

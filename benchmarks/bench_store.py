@@ -79,7 +79,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "# StatsStore save / load",
         "",
         (f"Median of {meta['saves']} saves and {meta['loads']} loads per case "
-         f"(`{meta['command']}`), {meta['machine']}."),
+         f"(`{meta['command']}`), {meta['machine']}; 1-minute load average "
+         f"{meta['load_average'][0]:.2f} before and {meta['load_average'][1]:.2f} after "
+         f"(other work on the machine slows every figure)."),
         "",
         "| case | backend | file size | save (ms) | load (ms) |",
         "|---|---|---:|---:|---:|",
@@ -111,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"numpy {np.__version__}"),
         "streamnorm": sn.__version__,
     }
+    before = os.getloadavg()[0]
     rows = run(saves, loads)
+    meta["load_average"] = [round(before, 2), round(os.getloadavg()[0], 2)]
     text = markdown(rows, meta)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -151,14 +151,20 @@ def test_edited_metadata_fails_the_checksum(key, value):
     assert "checksum mismatch" in load_error(to_bytes(table.replace_schema_metadata(meta)))
 
 
-def test_checksum_follows_its_documented_definition():
-    # an independent reader, written from the statsfile module docstring
+def wide_exact_stats() -> sn.Stats:
+    """int64 data whose exact sums need more than 64 bits (and a negative one)."""
+    return multiset_stats("int64", [[(2**60, 5), (-3, 1)], [(-(2**61), 9)], [(7, 2)]],
+                          names=["wide", "négatif", "small"])
+
+
+@pytest.mark.parametrize("make", [hist_stats, float_stats, wide_exact_stats])
+def test_checksum_follows_its_documented_definition(make):
+    # an independent reader, written from the statsfile module docstring, value by value
     import hashlib
     import json
     import struct
 
-    stats = hist_stats()
-    table = stats_to_table(stats, split="train", source={"paths": ["x"]})
+    table = stats_to_table(make(), split="train", source={"paths": ["x"]})
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     keys = ["streamnorm.format_version", "streamnorm.version", "layout", "dtype", "split",
             "created_at", "source"]
@@ -166,17 +172,22 @@ def test_checksum_follows_its_documented_definition():
     h.update(json.dumps({k: meta[k] for k in keys if k in meta}, sort_keys=True,
                         separators=(",", ":"), ensure_ascii=True).encode() + b"\n")
     names = [n.encode() for n in table.column("feature").to_pylist()]
-    h.update(struct.pack("<q", len(names)))
+    ends = [0]
     for name in names:
-        h.update(struct.pack("<q", len(name)) + name)
+        ends.append(ends[-1] + len(name))
+    h.update(struct.pack("<q", len(names)) + struct.pack(f"<{len(ends)}q", *ends)
+             + b"".join(names))
     for column, fmt in [("count", "<i8"), ("nan_count", "<i8"), ("mean", "<f8"), ("m2", "<f8"),
                         ("min", "<f8"), ("max", "<f8"), ("shift", "<f8"),
                         ("shifted_mean", "<f8")]:
         h.update(np.array(table.column(column).to_pylist(), dtype=fmt).tobytes())
-    h.update(b"\x01" + np.array(table.column("histogram").to_pylist(), dtype="<i8").tobytes())
+    hist = table.column("histogram").to_pylist()
+    h.update(b"\x00" if hist[0] is None else
+             b"\x01" + np.array(hist, dtype="<i8").tobytes())
     for column in ("int_sum", "int_sumsq"):
-        h.update(b"\x01" + b"".join(int(v).to_bytes(16, "little", signed=True)
-                                    for v in table.column(column).to_pylist()))
+        values = table.column(column).to_pylist()
+        h.update(b"\x00" if values[0] is None else b"\x01" + b"".join(
+            int(v).to_bytes(16, "little", signed=True) for v in values))
     assert meta[META_CHECKSUM] == "sha256:" + h.hexdigest()
 
 

@@ -25,7 +25,10 @@ import numpy as np
 from . import _kernels as K
 from .errors import IncompatibleStatsError, StreamnormError
 
-__all__ = ["Stats", "chan_merge", "common_dtype", "dtype_name", "exact_moments", "HISTOGRAM_BINS"]
+__all__ = [
+    "Stats", "chan_merge", "common_dtype", "dtype_name", "exact_ints", "exact_moments",
+    "exact_moments_array", "HISTOGRAM_BINS",
+]
 
 HISTOGRAM_BINS = 256
 INTEGER_KINDS = frozenset("biu")
@@ -93,6 +96,98 @@ def exact_moments(count: int, total: int, total_sq: int) -> tuple[float, float]:
     return total / count, (count * total_sq - total * total) / count
 
 
+_INT64_MAX = int(np.iinfo(np.int64).max)
+_FLOAT_EXACT = 1 << 53  # every integer of at most this magnitude is a float64
+_SQRT_INT64_MAX = 3_037_000_499  # isqrt(2**63 - 1): squares up to this fit in int64
+
+
+def exact_ints(values: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Integers as an exact array: int64 when every value fits, else Python ints (object).
+
+    Examples
+    --------
+    >>> exact_ints((1, -2)).dtype, exact_ints((1, 2**70)).dtype
+    (dtype('int64'), dtype('O'))
+    """
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        return np.array([int(v) for v in values], dtype=object)
+
+
+def _int64_part(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which of :func:`exact_ints`' values fit in int64, and those values (0 elsewhere)."""
+    if values.dtype == np.int64:
+        return np.ones(values.shape, dtype=bool), values
+    fits = np.asarray((values >= -_INT64_MAX - 1) & (values <= _INT64_MAX), dtype=bool)
+    return fits, np.where(fits, values, 0).astype(np.int64)
+
+
+def _moments_in_float64(
+    n: np.ndarray, s: np.ndarray, q: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where float64 gives ``exact_moments``' bits: (mask, mean, m2), valid under the mask.
+
+    IEEE division of two exactly representable operands is correctly rounded,
+    like Python's ``int / int``. So wherever ``count``, ``sum`` and
+    ``count * sumsq - sum**2`` are computed exactly in int64 and are at most
+    2**53 in magnitude, float64 division gives the same bits.
+    """
+    fast = (n > 0) & (n <= _FLOAT_EXACT)
+    fast &= (s >= -_SQRT_INT64_MAX) & (s <= _SQRT_INT64_MAX)
+    # q >= 0 keeps n * q - s * s inside int64 as well as n * q
+    fast &= (q >= 0) & (q <= _INT64_MAX // np.where(fast, n, 1))
+    n, s, q = (np.where(fast, v, 0) for v in (n, s, q))
+    num = n * q - s * s
+    fast &= (num >= -_FLOAT_EXACT) & (num <= _FLOAT_EXACT)
+    denom = np.where(fast, n, 1).astype(np.float64)
+    return fast, s.astype(np.float64) / denom, num.astype(np.float64) / denom
+
+
+def exact_moments_array(
+    count: Sequence[int] | np.ndarray,
+    total: Sequence[int] | np.ndarray,
+    total_sq: Sequence[int] | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_moments` of many features at once, bit for bit the same.
+
+    Where ``count``, ``sum`` and ``count * sumsq - sum**2`` are exact in int64
+    and at most 2**53 in magnitude, float64 division of these exact operands
+    is correctly rounded, like Python's ``int / int``: those features are
+    computed with numpy at once; the others, one by one with Python's integers.
+
+    Parameters
+    ----------
+    count, total, total_sq : sequence of int or integer array, shape (F,)
+        Python ints of any size are accepted for ``total`` and ``total_sq``.
+
+    Returns
+    -------
+    mean, m2 : numpy.ndarray
+        float64[F]; the mean is NaN and m2 0 where ``count == 0``.
+
+    Examples
+    --------
+    >>> mean, m2 = exact_moments_array([3, 0, 2], [6, 0, 2**80], [14, 0, 2**159])
+    >>> mean.tolist(), m2.tolist()
+    ([2.0, nan, 6.044629098073146e+23], [2.0, 0.0, 0.0])
+    """
+    n = exact_ints(count)
+    s, q = exact_ints(total), exact_ints(total_sq)
+    if not n.shape == s.shape == q.shape or n.ndim != 1:
+        raise StreamnormError(
+            f"exact moments need count, sums and sums of squares of one shape (F,), got "
+            f"{n.shape}, {s.shape} and {q.shape}"
+        )
+    (fits_n, n64), (fits_s, s64), (fits_q, q64) = (_int64_part(v) for v in (n, s, q))
+    fast, mean, m2 = _moments_in_float64(n64, s64, q64)
+    fast &= fits_n & fits_s & fits_q
+    mean, m2 = np.where(fast, mean, np.nan), np.where(fast, m2, 0.0)
+    for f in np.flatnonzero(~fast & (n != 0)).tolist():
+        mean[f], m2[f] = exact_moments(int(n[f]), int(s[f]), int(q[f]))
+    return mean, m2
+
+
 def dtype_name(dtype: Any) -> str:
     """The name statistics record for a source dtype: numpy's, or ``"bfloat16"``.
 
@@ -131,6 +226,23 @@ def common_dtype(names: Iterable[str]) -> str:
     if names and all(n == "bfloat16" for n in names):
         return "bfloat16"
     return np.result_type(*[np.dtype("float32" if n == "bfloat16" else n) for n in names]).name
+
+
+def _int_tuple(values: Any) -> tuple[int, ...]:
+    """Exact sums as a tuple of Python ints (``tolist`` converts integer arrays in bulk)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        return tuple(values.tolist())
+    return tuple(map(int, values))
+
+
+def _add_exact(columns: Sequence[Sequence[int]]) -> np.ndarray:
+    """Elementwise exact sum of integer columns: in int64 when no sum can overflow it."""
+    arrays = [exact_ints(c) for c in columns]
+    if all(a.dtype == np.int64 for a in arrays):
+        bound = sum(max(int(a.max(initial=0)), -int(a.min(initial=0))) for a in arrays)
+        if bound <= _INT64_MAX:
+            return np.sum(arrays, axis=0, dtype=np.int64)
+    return np.sum([a.astype(object) for a in arrays], axis=0)
 
 
 def _readonly(values: Any, dtype: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -282,7 +394,7 @@ class Stats:
     shifted_mean: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        names = tuple(str(n) for n in self.feature_names)
+        names = tuple(map(str, self.feature_names))
         nf = len(names)
         if len(set(names)) != nf:
             raise StreamnormError(f"feature names must be unique, got {list(names)}")
@@ -304,7 +416,7 @@ class Stats:
             raise StreamnormError("int_sum and int_sumsq must be given together")
         if self.int_sum is not None:
             for field in ("int_sum", "int_sumsq"):
-                values = tuple(int(v) for v in getattr(self, field))
+                values = _int_tuple(getattr(self, field))
                 if len(values) != nf:
                     raise StreamnormError(f"Stats.{field} must have {nf} values")
                 set_(self, field, values)
@@ -505,11 +617,10 @@ class Stats:
             hi = np.where(~seen, item.max, np.where(has, np.maximum(hi, item.max), hi))
             seen = seen | has
         if all(item.int_sum is not None for item in items):
-            int_sum = tuple(sum(vals) for vals in zip(*(item.int_sum for item in items)))
-            int_sumsq = tuple(sum(vals) for vals in zip(*(item.int_sumsq for item in items)))
-            moments = [exact_moments(int(n), s, q) for n, s, q in zip(count, int_sum, int_sumsq)]
-            mean = np.array([m for m, _ in moments], dtype=np.float64)
-            m2 = np.array([v for _, v in moments], dtype=np.float64)
+            sums = _add_exact([item.int_sum for item in items])
+            sumsqs = _add_exact([item.int_sumsq for item in items])
+            mean, m2 = exact_moments_array(count, sums, sumsqs)
+            int_sum, int_sumsq = tuple(sums.tolist()), tuple(sumsqs.tolist())
             shift = shifted_mean = None
         else:
             int_sum = int_sumsq = None

@@ -33,24 +33,30 @@ every bit (NaN payloads, ``-0.0``) survives, and every data page carries a
 Parquet CRC-32 page checksum, verified on read.
 
 Checksum (format 2): ``streamnorm.checksum`` is ``"sha256:"`` followed by the
-hex SHA-256 of this byte string, all integers little-endian:
+hex SHA-256 of this byte string, all integers little-endian, every column in
+``feature_index`` order:
 
 1. ``b"streamnorm-stats\\n"``;
 2. the JSON text (``sort_keys``, separators ``","`` and ``":"``, ASCII only) of
    the object holding those of the keys ``streamnorm.format_version``,
    ``streamnorm.version``, ``layout``, ``dtype``, ``split``, ``created_at`` and
    ``source`` that the file has, with their text values, then ``b"\\n"``;
-3. F as int64, then for each feature in ``feature_index`` order its name's
-   UTF-8 byte length as int64 and the bytes;
+3. F as int64; the F + 1 offsets of the names in their concatenated UTF-8
+   bytes as int64 (0, then after each name the running total of the byte
+   lengths: Arrow's string offsets, counted from 0); those concatenated bytes;
 4. the columns ``count``, ``nan_count`` as int64[F]; ``mean``, ``m2``,
    ``min``, ``max``, ``shift``, ``shifted_mean`` as IEEE-754 binary64 [F];
 5. ``histogram``: byte 0 when null, else byte 1 and the F x 256 counts as
    int64 (row-major); ``int_sum``, ``int_sumsq``: byte 0 when null, else byte 1
-   and F values as 16-byte two's complement.
+   and the F values as 16-byte two's complement (decimal128's own bytes).
 
-The checksum covers values, not encodings: a file rewritten by another tool
-(row order, large types, compression, extra columns or metadata keys) still
-verifies as long as the values are the same. On load every file, format 1
+Every part is a whole buffer, so computing it is a few hashes of contiguous
+memory, not a loop over features. A column is either null for every feature
+(only ``histogram``, ``int_sum`` and ``int_sumsq`` may be: byte 0) or for none;
+other nulls make the file unreadable, so no null value is ever hashed. The
+checksum covers values, not encodings: a file rewritten by another tool (row
+order, row groups, large types, compression, extra columns or metadata keys)
+still verifies as long as the values are the same. On load every file, format 1
 included, must also be consistent: no negative counts or m2, a mean inside
 [min, max], m2 within Popoviciu's bound ``count * (max - min)**2 / 4``,
 min and max inside the dtype's range, histograms and exact sums that agree with
@@ -81,7 +87,7 @@ import pyarrow.parquet as pq
 from ._version import __version__
 from .errors import StatsFileError, StreamnormError
 from .layout import parse_layout
-from .stats import HISTOGRAM_BINS, Stats, exact_moments
+from .stats import HISTOGRAM_BINS, Stats, exact_ints, exact_moments_array
 
 __all__ = [
     "FORMAT_VERSION",
@@ -113,6 +119,7 @@ _CHECKSUM_PREFIX = "sha256:"
 
 EXACT_TYPE = pa.decimal128(38, 0)
 _EXACT_LIMIT = 10**38  # decimal128(38, 0) holds |v| < 10**38
+_LOW_WORD = (1 << 64) - 1
 _DECIMAL_COLUMNS = ("int_sum", "int_sumsq")
 
 SCHEMA = pa.schema(
@@ -149,36 +156,71 @@ _HISTOGRAM_DTYPES = frozenset(["bool", "uint8", "int8"])
 _RTOL = 1e-9
 
 
+@dataclass(frozen=True)
+class _Exact:
+    """One exact-sum column in feature order: its decimal128 words and the values they hold.
+
+    ``words[f]`` is value ``f`` as 128-bit two's complement, low 64-bit word
+    first, i.e. decimal128's own memory layout; ``values`` is int64 when every
+    value fits in it (the usual case, converted in bulk) and Python ints otherwise.
+    """
+
+    words: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def from_values(cls, values: Sequence[int], column: str, names: Sequence[str]) -> _Exact:
+        """From Python ints; ``StreamnormError`` for a value that decimal128(38, 0) cannot hold."""
+        ints = exact_ints(values)
+        if ints.dtype == np.int64:
+            return cls(np.stack([ints, ints >> 63], axis=1), ints)
+        if (big := (ints <= -_EXACT_LIMIT) | (ints >= _EXACT_LIMIT)).any():
+            f = int(np.flatnonzero(big)[0])
+            raise StreamnormError(
+                f"cannot store the exact {column} of feature {names[f]!r}: it has "
+                f"{len(str(abs(ints[f])))} digits and the statistics file holds at most 38; "
+                f"split the data into smaller splits and merge them after loading"
+            )
+        low = (ints & _LOW_WORD).astype(np.uint64).view(np.int64)
+        return cls(np.stack([low, (ints >> 64).astype(np.int64)], axis=1), ints)
+
+    @classmethod
+    def from_arrow(cls, arr: pa.Array, column: str, where: str) -> _Exact:
+        """From a decimal128 array without nulls; ``StatsFileError`` beyond 38 digits."""
+        n = len(arr)
+        words = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=2 * (arr.offset + n))
+        words = words.reshape(-1, 2)[arr.offset:]
+        low, high = words[:, 0], words[:, 1]
+        if np.array_equal(high, low >> 63):  # every value fits in int64
+            return cls(words, low)
+        ints = (high.astype(object) << 64) + low.view(np.uint64).astype(object)
+        if ((ints <= -_EXACT_LIMIT) | (ints >= _EXACT_LIMIT)).any():
+            raise StatsFileError(f"{where}: column {column!r} holds a value beyond 38 digits")
+        return cls(words, ints)
+
+    def take(self, order: np.ndarray) -> _Exact:
+        return _Exact(self.words[order], self.values[order])
+
+    def to_bytes(self) -> bytes:
+        """The values as 16-byte little-endian two's complement, one after the other."""
+        return np.ascontiguousarray(self.words, dtype="<i8").tobytes()
+
+    def to_arrow(self) -> pa.Array:
+        return pa.Array.from_buffers(EXACT_TYPE, len(self.values),
+                                     [None, pa.py_buffer(self.to_bytes())])
+
+
 @dataclass
 class _Columns:
     """The decoded values of a stats file, in feature order, before any checking."""
 
-    names: list[bytes]
+    names: pa.Array  # string or large_string, no nulls; UTF-8 not yet validated
     arrays: dict[str, np.ndarray]
     histogram: np.ndarray | None
-    exact: dict[str, tuple[int, ...] | None]
+    exact: dict[str, _Exact | None]
 
 
 # -- encoding ----------------------------------------------------------------
-def _exact_array(values: tuple[int, ...], column: str, names: tuple[str, ...]) -> pa.Array:
-    try:
-        small = np.array(values, dtype=np.int64)
-    except OverflowError:
-        small = None
-    if small is not None:
-        return pa.array(small, type=pa.int64()).cast(EXACT_TYPE)
-    chunks = []
-    for name, v in zip(names, values):
-        if not -_EXACT_LIMIT < v < _EXACT_LIMIT:
-            raise StreamnormError(
-                f"cannot store the exact {column} of feature {name!r}: it has "
-                f"{len(str(abs(v)))} digits and the statistics file holds at most 38; "
-                f"split the data into smaller splits and merge them after loading"
-            )
-        chunks.append(v.to_bytes(16, "little", signed=True))
-    return pa.Array.from_buffers(EXACT_TYPE, len(values), [None, pa.py_buffer(b"".join(chunks))])
-
-
 def _histogram_array(histogram: np.ndarray | None, n: int) -> pa.Array:
     list_type = SCHEMA.field("histogram").type
     if histogram is None:
@@ -290,46 +332,48 @@ def _histogram_problem(
     if (bad := has & ((lo != a["min"]) | (hi != a["max"]))).any():
         return f"histogram disagrees with min or max for feature {_first(bad, names)}"
     if exact["int_sum"] is not None:
-        for f, (s, q) in enumerate(zip(sums, sumsqs)):
-            if int(s) != exact["int_sum"][f] or int(q) != exact["int_sumsq"][f]:
-                return f"histogram disagrees with int_sum or int_sumsq for feature {names[f]!r}"
+        bad = np.asarray(sums != exact["int_sum"].values, dtype=bool)
+        bad |= np.asarray(sumsqs != exact["int_sumsq"].values, dtype=bool)
+        if bad.any():
+            return f"histogram disagrees with int_sum or int_sumsq for feature {_first(bad, names)}"
         return None
-    return _moments_problem(a, [int(v) for v in sums], [int(v) for v in sumsqs], "histogram",
-                            names)
+    return _moments_problem(a, sums, sumsqs, "histogram", names)
 
 
 def _moments_problem(
-    a: Mapping[str, np.ndarray], sums: Sequence[int], sumsqs: Sequence[int], what: str,
+    a: Mapping[str, np.ndarray], sums: np.ndarray, sumsqs: np.ndarray, what: str,
     names: Sequence[str],
 ) -> str | None:
     """Mean and m2 must be the exact sums' moments, each rounded once."""
     count, mean, m2 = a["count"], a["mean"], a["m2"]
-    for f, (n, s, q) in enumerate(zip(count.tolist(), sums, sumsqs)):
-        if n == 0 and (s or q):
-            return f"count 0 but {what} not 0 for feature {names[f]!r}"
-        want_mean, want_m2 = exact_moments(n, s, q)
-        if want_m2 != m2[f] or not (want_mean == mean[f] or n == 0):
-            return f"mean or m2 disagrees with the {what} for feature {names[f]!r}"
-    return None
+    empty = count == 0
+    stray = empty & np.asarray((sums != 0) | (sumsqs != 0), dtype=bool)
+    want_mean, want_m2 = exact_moments_array(count, sums, sumsqs)
+    wrong = (want_m2 != m2) | ~((want_mean == mean) | empty)
+    if not (bad := stray | wrong).any():
+        return None
+    f = int(np.flatnonzero(bad)[0])
+    if stray[f]:
+        return f"count 0 but {what} not 0 for feature {names[f]!r}"
+    return f"mean or m2 disagrees with the {what} for feature {names[f]!r}"
 
 
 def _exact_problem(
-    a: Mapping[str, np.ndarray], exact: Mapping[str, Any], dtype: str, names: Sequence[str]
+    exact: Mapping[str, _Exact | None], dtype: str, names: Sequence[str]
 ) -> str | None:
-    sums, sumsqs = exact["int_sum"], exact["int_sumsq"]
-    if sums is None:
+    if exact["int_sum"] is None:
         return None
     if dtype == "bfloat16" or np.dtype(dtype).kind not in "biu":
         return f"exact integer sums for {dtype} data"
-    if min(sumsqs, default=0) < 0:
-        return f"negative int_sumsq for feature {names[int(np.argmin(sumsqs))]!r}"
+    if (bad := np.asarray(exact["int_sumsq"].values < 0, dtype=bool)).any():
+        return f"negative int_sumsq for feature {_first(bad, names)}"
     return None
 
 
 def _inconsistency(
     arrays: Mapping[str, np.ndarray],
     histogram: np.ndarray | None,
-    exact: Mapping[str, tuple[int, ...] | None],
+    exact: Mapping[str, _Exact | None],
     dtype: str,
     names: Sequence[str],
 ) -> str | None:
@@ -342,31 +386,36 @@ def _inconsistency(
     with np.errstate(invalid="ignore"):
         problem = (_basic_problem(arrays, names) or _range_problem(arrays, dtype, names)
                    or _shift_problem(arrays, names))
-    problem = problem or _exact_problem(arrays, exact, dtype, names)
+    problem = problem or _exact_problem(exact, dtype, names)
     if problem is None and histogram is not None:
         problem = _histogram_problem(arrays, histogram, exact, dtype, names)
     if problem is None and exact["int_sum"] is not None:
-        problem = _moments_problem(arrays, exact["int_sum"], exact["int_sumsq"],
+        problem = _moments_problem(arrays, exact["int_sum"].values, exact["int_sumsq"].values,
                                    "exact sums int_sum/int_sumsq", names)
     return problem
 
 
 # -- checksum ----------------------------------------------------------------
-def _int_bytes(values: tuple[int, ...] | None) -> bytes:
-    if values is None:
-        return b"\x00"
-    return b"\x01" + b"".join(int(v).to_bytes(16, "little", signed=True) for v in values)
+def _name_bytes(names: pa.Array) -> tuple[np.ndarray, Any]:
+    """The names' UTF-8 end offsets (int64[F + 1], from 0) and bytes, whatever the slice offset."""
+    offset_type = np.int64 if pa.types.is_large_string(names.type) else np.int32
+    _, offsets, data = names.buffers()
+    ends = np.frombuffer(offsets, dtype=offset_type, count=names.offset + len(names) + 1)
+    ends = ends[names.offset:]
+    start, stop = int(ends[0]), int(ends[-1])
+    return (ends - ends[0]).astype("<i8"), b"" if data is None else memoryview(data)[start:stop]
 
 
 def _digest(meta: Mapping[str, str], cols: _Columns) -> str:
-    """The content checksum of the module docstring ("sha256:<hex>")."""
+    """The content checksum of the module docstring ("sha256:<hex>"), from whole buffers."""
     h = hashlib.sha256(b"streamnorm-stats\n")
     covered = {k: meta[k] for k in CHECKSUM_KEYS if k in meta}
     h.update(json.dumps(covered, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
              .encode("ascii") + b"\n")
+    ends, data = _name_bytes(cols.names)
     h.update(struct.pack("<q", len(cols.names)))
-    for name in cols.names:
-        h.update(struct.pack("<q", len(name)) + name)
+    h.update(ends.tobytes())
+    h.update(data)
     for column in _INT_COLUMNS:
         h.update(np.ascontiguousarray(cols.arrays[column], dtype="<i8").tobytes())
     for column in _FLOAT_COLUMNS + _SHIFT_COLUMNS:
@@ -376,20 +425,26 @@ def _digest(meta: Mapping[str, str], cols: _Columns) -> str:
     else:
         h.update(b"\x01" + np.ascontiguousarray(cols.histogram, dtype="<i8").tobytes())
     for column in _DECIMAL_COLUMNS:
-        h.update(_int_bytes(cols.exact[column]))
+        exact = cols.exact[column]
+        h.update(b"\x00" if exact is None else b"\x01" + exact.to_bytes())
     return _CHECKSUM_PREFIX + h.hexdigest()
 
 
 def _stats_columns(stats: Stats) -> _Columns:
     try:
-        names = [n.encode("utf-8") for n in stats.feature_names]
-    except UnicodeError as exc:
+        names = pa.array(stats.feature_names, type=pa.string())
+    except (UnicodeError, pa.ArrowException) as exc:
         raise StreamnormError(f"feature names are not valid UTF-8 text: {exc}") from exc
+    exact = {}
+    for column in _DECIMAL_COLUMNS:
+        values = getattr(stats, column)
+        exact[column] = None if values is None else _Exact.from_values(
+            values, column, stats.feature_names)
     return _Columns(
         names=names,
         arrays={c: getattr(stats, c) for c in _INT_COLUMNS + _FLOAT_COLUMNS + _SHIFT_COLUMNS},
         histogram=stats.histogram,
-        exact={c: getattr(stats, c) for c in _DECIMAL_COLUMNS},
+        exact=exact,
     )
 
 
@@ -442,15 +497,13 @@ def stats_to_table(
         raise StreamnormError(f"cannot save inconsistent statistics: {problem}")
     n = len(names)
     columns = [
-        pa.array(names, type=pa.string()),
+        cols.names,
         pa.array(np.arange(n, dtype=np.int32)),
         *(pa.array(cols.arrays[c]) for c in _INT_COLUMNS + _FLOAT_COLUMNS + _SHIFT_COLUMNS),
         _histogram_array(stats.histogram, n),
+        *(pa.nulls(n, type=EXACT_TYPE) if cols.exact[c] is None else cols.exact[c].to_arrow()
+          for c in _DECIMAL_COLUMNS),
     ]
-    for column in _DECIMAL_COLUMNS:
-        values = getattr(stats, column)
-        columns.append(pa.nulls(n, type=EXACT_TYPE) if values is None
-                       else _exact_array(values, column, names))
     metadata = {
         META_FORMAT_VERSION: str(FORMAT_VERSION),
         META_VERSION: __version__,
@@ -606,24 +659,7 @@ def _numpy(table: pa.Table, name: str, where: str) -> np.ndarray:
     return column.combine_chunks().to_numpy(zero_copy_only=False)
 
 
-def _exact_values(arr: pa.Array, name: str, where: str) -> list[int]:
-    # decimal128 is 16-byte little-endian two's complement; read the words
-    # instead of building one Decimal per row.
-    n = len(arr)
-    data = arr.buffers()[1]
-    words = np.frombuffer(data, dtype="<i8", count=2 * (arr.offset + n)).reshape(-1, 2)
-    words = words[arr.offset:]
-    lo, hi = words[:, 0], words[:, 1]
-    if np.array_equal(hi, lo >> 63):  # every value fits in int64
-        return lo.tolist()
-    raw = bytes(data)[16 * arr.offset:16 * (arr.offset + n)]
-    values = [int.from_bytes(raw[i:i + 16], "little", signed=True) for i in range(0, 16 * n, 16)]
-    if any(not -_EXACT_LIMIT < v < _EXACT_LIMIT for v in values):
-        raise StatsFileError(f"{where}: column {name!r} holds a value beyond 38 digits")
-    return values
-
-
-def _exact_column(table: pa.Table, name: str, where: str) -> tuple[int, ...] | None:
+def _exact_column(table: pa.Table, name: str, where: str) -> _Exact | None:
     column = table.column(name)
     if column.null_count == len(column):
         return None
@@ -632,7 +668,7 @@ def _exact_column(table: pa.Table, name: str, where: str) -> tuple[int, ...] | N
             f"{where}: column {name!r} is null for some features only (it must be null for "
             f"all features or for none)"
         )
-    return tuple(_exact_values(column.combine_chunks(), name, where))
+    return _Exact.from_arrow(column.combine_chunks(), name, where)
 
 
 def _histogram_column(table: pa.Table, where: str) -> np.ndarray | None:
@@ -666,19 +702,19 @@ def _histogram_column(table: pa.Table, where: str) -> np.ndarray | None:
     return values.to_numpy().reshape(n, HISTOGRAM_BINS)
 
 
-def _names_as_bytes(table: pa.Table, where: str) -> list[bytes]:
+def _names_array(table: pa.Table, where: str) -> pa.Array:
     feature = table.column("feature")
     if feature.null_count:
         raise StatsFileError(f"{where}: column 'feature' has {feature.null_count} null value(s)")
-    # bytes, not str: a corrupted name must reach the checksum, not a UnicodeDecodeError
-    binary = pa.large_binary() if pa.types.is_large_string(feature.type) else pa.binary()
-    return feature.cast(binary).to_pylist()
+    # kept undecoded: a corrupted name must reach the checksum, not a UnicodeDecodeError
+    return feature.combine_chunks()
 
 
-def _decode_names(names: list[bytes], where: str) -> tuple[str, ...]:
+def _decode_names(names: pa.Array, where: str) -> tuple[str, ...]:
     try:
-        return tuple(n.decode("utf-8") for n in names)
-    except UnicodeDecodeError as exc:
+        names.validate(full=True)  # checks UTF-8 in bulk
+        return tuple(names.to_pylist())
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise StatsFileError(f"{where}: a feature name is not valid UTF-8 text ({exc})") from None
 
 
@@ -695,7 +731,7 @@ def _columns(table: pa.Table, version: int, where: str) -> _Columns:
             raise StatsFileError(
                 f"{where}: feature_index must number the {n} features 0..{n - 1} exactly once"
             )
-    names = _names_as_bytes(table, where)
+    names = _names_array(table, where)
     floats = _FLOAT_COLUMNS + (_SHIFT_COLUMNS if version >= 2 else ())
     arrays = {c: _numpy(table, c, where) for c in _INT_COLUMNS + floats}
     histogram = _histogram_column(table, where)
@@ -703,10 +739,10 @@ def _columns(table: pa.Table, version: int, where: str) -> _Columns:
     if (exact["int_sum"] is None) != (exact["int_sumsq"] is None):
         raise StatsFileError(f"{where}: int_sum and int_sumsq must both be present or both null")
     if order is not None:
-        names = [names[i] for i in order]
+        names = names.take(pa.array(order))
         arrays = {c: a[order] for c, a in arrays.items()}
         histogram = None if histogram is None else histogram[order]
-        exact = {c: None if v is None else tuple(v[i] for i in order) for c, v in exact.items()}
+        exact = {c: None if v is None else v.take(order) for c, v in exact.items()}
     return _Columns(names=names, arrays=arrays, histogram=histogram, exact=exact)
 
 
@@ -787,11 +823,16 @@ def table_to_stats(table: pa.Table, where: str = "statistics file") -> Stats:
     try:
         return Stats(
             layout=meta[META_LAYOUT], feature_names=names, dtype=meta[META_DTYPE],
-            histogram=cols.histogram, int_sum=cols.exact["int_sum"],
-            int_sumsq=cols.exact["int_sumsq"], **cols.arrays,
+            histogram=cols.histogram, int_sum=_exact_values(cols.exact["int_sum"]),
+            int_sumsq=_exact_values(cols.exact["int_sumsq"]), **cols.arrays,
         )
     except StreamnormError as exc:
         raise StatsFileError(f"{where}: {exc}") from None
+
+
+def _exact_values(exact: _Exact | None) -> np.ndarray | None:
+    # Stats turns an integer array into its tuple of ints in bulk
+    return None if exact is None else exact.values
 
 
 def read_table(data: Any, where: str = "statistics file") -> pa.Table:

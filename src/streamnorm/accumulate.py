@@ -28,7 +28,7 @@ from . import _kernels as K
 from .batch import Key, pick
 from .errors import DTypeError, IncompatibleStatsError, LayoutError, NonFiniteError, StreamnormError
 from .layout import as_reduction_view, parse_layout
-from .stats import HISTOGRAM_BINS, Stats, chan_merge, exact_moments
+from .stats import HISTOGRAM_BINS, Stats, chan_merge, exact_moments_array
 
 __all__ = ["StatsAccumulator", "compute_stats"]
 
@@ -814,13 +814,13 @@ class StatsAccumulator:
             empty = a["count"] == 0
             lo = np.where(empty, np.nan, a["min"].astype(np.float64))
             hi = np.where(empty, np.nan, a["max"].astype(np.float64))
-        moments = [exact_moments(int(n), int(s), int(q))
-                   for n, s, q in zip(a["count"], int_sum, int_sumsq)]
+        int_sum = [int(v) for v in int_sum]
+        int_sumsq = [int(v) for v in int_sumsq]
+        mean, m2 = exact_moments_array(a["count"], int_sum, int_sumsq)
         return Stats(
-            **common,
-            mean=np.array([m for m, _ in moments]), m2=np.array([v for _, v in moments]),
+            **common, mean=mean, m2=m2,
             min=lo, max=hi, histogram=a.get("hist"),
-            int_sum=tuple(int(v) for v in int_sum), int_sumsq=tuple(int(v) for v in int_sumsq),
+            int_sum=tuple(int_sum), int_sumsq=tuple(int_sumsq),
         )
 
     def _empty_result(self) -> Stats:

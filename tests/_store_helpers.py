@@ -99,15 +99,26 @@ def variant(which: int, n_features: int = 2000) -> Stats:
     return oracle_stats(x, histogram=which == 1)
 
 
+# Each process runs for ``seconds`` and at least MIN_OPERATIONS times (a loaded
+# machine may allow few operations in the time), within a hard cap.
+MIN_OPERATIONS = 8
+HARD_CAP_SECONDS = 60.0
+
+
+def _keep_going(n: int, start: float, seconds: float) -> bool:
+    elapsed = time.monotonic() - start
+    return elapsed < HARD_CAP_SECONDS and (elapsed < seconds or n < MIN_OPERATIONS)
+
+
 def writer(root: str, split: str, which: int, seconds: float, out) -> None:
     from streamnorm import StatsStore
 
     store = StatsStore(root)
     stats = variant(which)
     n = 0
-    deadline = time.monotonic() + seconds
+    start = time.monotonic()
     try:
-        while time.monotonic() < deadline:
+        while _keep_going(n, start, seconds):
             store.save(stats, split, overwrite=True)
             n += 1
         out.put(("writer", which, n, None))
@@ -122,8 +133,8 @@ def reader(root: str, split: str, seconds: float, out) -> None:
     expected = [variant(0), variant(1)]
     seen = [0, 0]
     errors = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    start = time.monotonic()
+    while _keep_going(sum(seen) + len(errors), start, seconds):
         try:
             got = store.load(split)
         except Exception as exc:  # noqa: BLE001 - every failed read is a test failure

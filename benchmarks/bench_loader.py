@@ -42,8 +42,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import platform
 import re
 import sys
 import time
@@ -54,6 +52,11 @@ from torch.utils.data import DataLoader, Dataset
 
 import streamnorm as sn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_from_cpuinfo, cpu_info, describe_cpu  # noqa: E402
+
+__all__ = ["cpu_from_cpuinfo"]  # re-exported for the tests
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MIN_GPU_BUFFER = 256 * 2**20  # bytes: far above the L2 cache of any GPU (50 MB on H100/H200)
 SIDE = 224
@@ -61,43 +64,9 @@ MEAN = (123.675, 116.28, 103.53)  # the ImageNet constants, in uint8 units
 STD = (58.395, 57.12, 57.375)
 
 
-def cpu_from_cpuinfo(text: str, arch: str) -> dict:
-    """CPU model, widest vector ISAs and their flags, from the text of ``/proc/cpuinfo``.
-
-    >>> cpu_from_cpuinfo("model name : Xeon\\nflags : sse avx2 avx512f avx512bw\\n", "x86_64")
-    {'model': 'Xeon', 'isa': 'AVX-512, AVX2', 'vector_flags': ['avx2', 'avx512bw', 'avx512f']}
-    """
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition(":")
-        if sep and name.strip() not in fields:
-            fields[name.strip()] = value.strip()
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    model = fields.get("model name") or fields.get("Model") or fields.get("CPU part") or "unknown CPU"
-    if arch in ("x86_64", "AMD64", "i686", "i386"):
-        names = (("avx512f", "AVX-512"), ("avx2", "AVX2"))
-        vector = sorted(f for f in flags if f.startswith(("avx512", "avx2")))
-        fallback = "AVX" if "avx" in flags else "SSE only"
-    else:
-        names = (("sve", "SVE"), ("asimd", "NEON"))
-        vector = sorted(f for f in flags if f.startswith(("sve", "asimd")))
-        fallback = "no vector flags listed"
-    isa = ", ".join(name for flag, name in names if flag in flags) or fallback
-    return {"model": model, "isa": isa, "vector_flags": vector}
-
-
 def machine_info(device: torch.device) -> dict:
     """The CPU (model, vector ISA, cores, architecture) and, on CUDA, the GPU's name."""
-    arch = platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    cpu = cpu_from_cpuinfo(text, arch)
-    if cpu["model"] == "unknown CPU" and platform.processor():
-        cpu["model"] = platform.processor()
-    info = {"cpu_model": cpu["model"], "cpu_isa": cpu["isa"], "cpu_cores": os.cpu_count(),
-            "cpu_vector_flags": cpu["vector_flags"], "arch": arch}
+    info = cpu_info()
     if device.type == "cuda":
         info["gpu_name"] = torch.cuda.get_device_name(device)
     return info
@@ -105,8 +74,7 @@ def machine_info(device: torch.device) -> dict:
 
 def describe_machine(m: dict) -> str:
     """One line naming the machine, as every table's caption."""
-    text = f"{m['cpu_model']} ({m['cpu_isa']}), {m['cpu_cores']} cores, {m['arch']}"
-    return text + (f"; GPU {m['gpu_name']}" if m.get("gpu_name") else "")
+    return describe_cpu(m) + (f"; GPU {m['gpu_name']}" if m.get("gpu_name") else "")
 
 
 def on_device(device: torch.device):

@@ -46,6 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import describe_cpu  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SRC = Path(__file__).resolve().parents[1] / "src"
 N_COLUMNS = 64
@@ -323,7 +326,7 @@ def main() -> None:
     import streamnorm
 
     meta = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+        "machine": f"{describe_cpu()}, {platform.system()}",
         "python": platform.python_version(),
         "versions": {"streamnorm": streamnorm.__version__, "pyarrow": _pyarrow.__version__,
                      "polars": _polars.__version__, "duckdb": _duckdb.__version__,

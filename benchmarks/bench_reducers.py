@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 import streamnorm as sn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import describe_cpu  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -111,7 +112,7 @@ def run(mb: int, repeat: int) -> dict:
     return {
         "benchmark": "reducers",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "machine": describe_cpu(),
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "torch": torch.__version__,

@@ -26,6 +26,9 @@ import numpy as np
 
 import streamnorm as sn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import describe_cpu  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MS = 50.0
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "saves": saves,
         "loads": loads,
         "command": "python benchmarks/bench_store.py" + (" --quick" if args.quick else ""),
-        "machine": (f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
+        "machine": (f"{describe_cpu()}, Python "
                     f"{platform.python_version()}, pyarrow {pyarrow.__version__}, "
                     f"numpy {np.__version__}"),
         "streamnorm": sn.__version__,

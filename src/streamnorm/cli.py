@@ -333,7 +333,7 @@ def _check_writable(root: str, storage_options: Any) -> None:
 
 def _report_ignored(source: Any) -> None:
     """Say on stderr what the sources held that was not read (nothing is left out silently)."""
-    from .sources import IMAGE_FORMATS
+    from .sources import formats_read
 
     if source.ignored_columns:
         cols = source.ignored_columns
@@ -347,7 +347,7 @@ def _report_ignored(source: Any) -> None:
         sys.stderr.write(
             f"{PROG}: note: ignored {_count(len(files), 'file')} of other types in the "
             f"folders: {', '.join(files[:3])}{' ...' if len(files) > 3 else ''} (read: "
-            f"Parquet, images ({IMAGE_FORMATS}), .npy)\n"
+            f"{formats_read()})\n"
         )
 
 

@@ -504,19 +504,6 @@ class TqdmProgress:
             self._bar.close()
 
 
-def _check_one_bit_depth(source: Source, results: Mapping[str, ShardResult]) -> None:
-    """Refuse image shards of different bit depths (each shard checks its own images)."""
-    from .sources import mixed_bit_depths
-
-    seen: dict[str, str] = {}
-    for shard in sorted(source.shards, key=lambda s: s.id):
-        for part in results[shard.id].parts:
-            seen.setdefault(part.dtype, shard.where)
-    if len(seen) > 1:
-        (dtype_a, where_a), (dtype_b, where_b) = list(seen.items())[:2]
-        raise mixed_bit_depths(where_a, dtype_a, where_b, dtype_b)
-
-
 # ---------------------------------------------------------------------------
 # engines
 # ---------------------------------------------------------------------------
@@ -783,7 +770,7 @@ def compute(
             if engine == "dask":
                 _run_dask(pending, workers, scheduler, kwargs, on_result)
             else:
-                heavy = source.kind == "image" or source.options.image_column is not None
+                heavy = source.decodes
                 n_workers = workers or os.cpu_count() or 1
                 small = sum(s.nbytes for s in pending) < PROCESS_POOL_MIN_BYTES
                 if heavy and small and workers is None:
@@ -795,8 +782,7 @@ def compute(
         if bar is not None:
             bar.close()
     ordered = [results[s.id] for s in sorted(source.shards, key=lambda s: s.id)]
-    if source.unit == "images":
-        _check_one_bit_depth(source, results)
+    source.check(results)
     stats = merge_results(ordered, source.feature_names)
     skipped = tuple(item for r in ordered for item in r.skipped)
     if stats is None:

@@ -377,6 +377,18 @@ class Checkpoint:
             )
         return out
 
+    def kept(self, shards: Sequence[Shard]) -> int:
+        """How many of ``shards`` have their done marker (statistics not read)."""
+        digests = {shard_digest(s.id) for s in shards}
+        try:
+            listed = self._fs.ls(f"{self._path}/{self.DONE}", detail=False)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise CheckpointError(f"cannot read the checkpoint {self.root}: {exc}") from exc
+        names = {p.rsplit("/", 1)[-1] for p in listed}
+        return sum(f"{d}.json" in names for d in digests)
+
     def record(self, result: ShardResult) -> None:
         """Save one finished shard: statistics first, then its done marker."""
         digest = shard_digest(result.shard_id)
@@ -777,7 +789,10 @@ def compute(
                     n_workers = 1  # decoding holds the GIL; starting processes would cost more
                 _run_local(pending, n_workers, heavy, kwargs, on_result)
     except KeyboardInterrupt:
-        raise Interrupted(len(results), len(source.shards), checkpoint) from None
+        # A Ctrl-C can land after a shard's marker is written but before the
+        # shard is counted here: the checkpoint itself says what is kept.
+        kept = len(results) if ckpt is None else ckpt.kept(source.shards)
+        raise Interrupted(kept, len(source.shards), checkpoint) from None
     finally:
         if bar is not None:
             bar.close()

@@ -32,15 +32,19 @@ Images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``,
 ``.tiff``; folders searched recursively, so ImageFolder-style class folders work)
     Decoded to ``NHWC`` uint8 (Pillow), or uint16 for 16-bit images, sample for
     sample: 16-bit PNGs of every colour type (gray, gray+alpha, RGB, RGBA;
-    interlaced too) by :mod:`streamnorm._png`, 16-bit gray TIFFs by Pillow.
+    interlaced too) by :mod:`streamnorm._png`; TIFFs by tifffile (the extra
+    ``tiff``; :mod:`~streamnorm.sources.tiff`): 8- or 16-bit, any channel
+    count, each page of a stack one image.
     ``image_mode="RGB"`` (default) converts grayscale, palette and CMYK images
     to RGB (a gray value is repeated in the three channels) and *drops* the
     alpha channel of RGBA/LA images (no compositing). ``image_mode="L"`` gives
     one luma channel (ITU-R 601-2 for colour images, in integers as Pillow
-    computes it, at 8 or 16 bits). Images that cannot be read exactly
-    (32-bit or floating-point samples, 16-bit colour TIFFs) and files with
-    several frames are bad records, never reduced silently; a source mixing
-    8-bit and 16-bit images is an error (their values are on different scales).
+    computes it, at 8 or 16 bits); ``image_mode="all"`` keeps every channel as
+    stored (multispectral TIFFs). Images that cannot be read exactly
+    (32-bit or floating-point samples; 16-bit colour TIFFs and TIFF stacks
+    without tifffile) and animations are bad records, never reduced
+    silently; a source mixing 8-bit and 16-bit images, or channel counts, is
+    an error (their values are on different scales).
 ``.npy``
     Memory-mapped (``allow_pickle=False``); ``layout=`` says what the array
     holds (default ``"N"`` for 1-D, ``"NF"`` for 2-D arrays). Shards are row
@@ -57,7 +61,8 @@ How the package is cut
     Which format a file is (suffix, or magic bytes) and :func:`open_source`.
 :mod:`~streamnorm.sources.parquet`, :mod:`~streamnorm.sources.images`, :mod:`~streamnorm.sources.npy`
     The formats. :mod:`~streamnorm.sources._decode` decodes images for image
-    files and Parquet image columns alike.
+    files and Parquet image columns alike, TIFFs through
+    :mod:`~streamnorm.sources.tiff`.
 
 Adding a format is one module with a ``Format`` subclass and one
 :func:`~streamnorm.sources.registry.register` call; the engine, checkpoints,

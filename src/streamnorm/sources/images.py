@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import LayoutError, StreamnormError
-from ._decode import IMAGE_FORMATS, check_one_bit_depth, decode_image, reduce_images
+from ._decode import IMAGE_FORMATS, check_one_bit_depth, decode_records, reduce_images
 from .base import (
     BadRecordError,
     FileInfo,
@@ -104,8 +104,10 @@ class ImageFormat(Format):
                     raise
                 raise SourceError(f"{where}: cannot read file ({one_line(exc)})") from exc
             try:
-                yield where, decode_image(data, shard.options.image_mode, where)
+                records = decode_records(data, shard.options.image_mode, where)
             except BadRecordError as exc:
                 if not skip_bad:
                     raise
                 skipped.append((exc.where, exc.reason))
+                continue
+            yield from records

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import LayoutError, NonFiniteError, StreamnormError
 from ..layout import parse_layout
 from ..stats import Stats
-from ._decode import check_one_bit_depth, decode_image, reduce_images
+from ._decode import check_one_bit_depth, decode_records, reduce_images
 from .base import (
     BadRecordError,
     FileInfo,
@@ -428,11 +428,13 @@ def _column_images(
             try:
                 if value is None:
                     raise BadRecordError(where, "the image value is null")
-                yield where, decode_image(value, shard.options.image_mode, where)
+                records = decode_records(value, shard.options.image_mode, where)
             except BadRecordError as exc:
                 if not skip_bad:
                     raise
                 skipped.append((exc.where, exc.reason))
+                continue
+            yield from records
 
 
 class _TableReducer:

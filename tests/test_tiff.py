@@ -248,3 +248,11 @@ def test_single_pages_pillow_reads_keep_their_values(mode):
         expected = np.asarray(im.convert("RGB"))
     assert out.dtype == expected.dtype
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_single_multispectral_page_is_refused_under_rgb_not_handed_to_pillow(dtype):
+    data = tiff_bytes(np.zeros((2, 2, 6), dtype), photometric="minisblack", planarconfig="contig")
+    with pytest.raises(BadRecordError, match=r"x\.tif: cannot decode image \(6 channels"):
+        decode_image(data, "RGB", "x.tif")
+    assert decode_image(data, "all", "x.tif").shape == (2, 2, 6)

@@ -92,6 +92,7 @@ from ._decode import (
     IMAGE_MODES,
     IMAGE_STACK_BYTES,
     _luma16,
+    decode_frames,
     decode_image,
     mixed_bit_depths,
 )
@@ -125,6 +126,7 @@ from .registry import (
     resolve_files,
     unregister,
 )
+from .tiff import TIFF_EXTRA
 
 #: Names of the registered formats.
 KINDS = kinds()
@@ -149,10 +151,12 @@ __all__ = [
     "ShardResult",
     "Source",
     "SourceError",
+    "TIFF_EXTRA",
     "_arrow_to_numpy",
     "_luma16",
     "combine_parts",
     "concat_features",
+    "decode_frames",
     "decode_image",
     "formats_read",
     "get_format",

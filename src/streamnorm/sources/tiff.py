@@ -87,6 +87,8 @@ def decode_tiff(data: bytes, mode: str, where: str) -> list[np.ndarray] | None:
             try:
                 return [_page(page, mode, _page_where(where, k, len(pages)))
                         for k, page in enumerate(pages)]
+            except BadRecordError:
+                raise  # an OSError too, but a verdict on the page, not a codec failure
             except _ERRORS:
                 # e.g. LZW or JPEG without imagecodecs: Pillow reads such a page
                 # exactly (or refuses it), as it always did.

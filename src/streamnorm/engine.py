@@ -644,7 +644,42 @@ def _dask_client(scheduler: Any, workers: int | None,
     return local.client, local
 
 
+class _SyncCancelRace(logging.Filter):
+    """Drop tornado's report of a Ctrl-C that reached Dask's ``sync()`` too early.
+
+    On KeyboardInterrupt, ``distributed.utils.sync`` schedules a ``cancel``
+    callback that reads a variable bound only once the interrupted call has
+    started; when it had not, the callback fails with a NameError and tornado
+    logs it, traceback and all, under the one-line interruption message. The
+    interruption itself is handled; only this report is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, NameError) and "sync.<locals>.cancel" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet_sync_cancel_race() -> Iterator[None]:
+    """While the block runs, tornado does not report :class:`_SyncCancelRace`."""
+    logger = logging.getLogger("tornado.application")
+    race = _SyncCancelRace()
+    logger.addFilter(race)
+    try:
+        yield
+    finally:
+        logger.removeFilter(race)
+
+
 def _run_dask(
+    shards: Sequence[Shard], workers: int | None, scheduler: Any, kwargs: dict[str, Any],
+    on_result: Callable[[ShardResult], None],
+) -> None:
+    with _quiet_sync_cancel_race():
+        _run_dask_client(shards, workers, scheduler, kwargs, on_result)
+
+
+def _run_dask_client(
     shards: Sequence[Shard], workers: int | None, scheduler: Any, kwargs: dict[str, Any],
     on_result: Callable[[ShardResult], None],
 ) -> None:

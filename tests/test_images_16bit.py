@@ -125,9 +125,22 @@ def _rgb16_tiff(image: np.ndarray) -> bytes:
     return bytes(out)
 
 
-def test_16bit_colour_tiff_is_refused_not_reduced():
+def test_16bit_colour_tiff_is_read_exactly_through_tifffile():
+    # issue 11 (TIFF): what Pillow could only refuse, tifffile reads sample for sample
     image = np.random.default_rng(3).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
-    with pytest.raises(BadRecordError, match=r"x\.tif: cannot decode image \(16-bit TIFF"):
+    out = decode_image(_rgb16_tiff(image), "RGB", "x.tif")
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, image)
+
+
+def test_16bit_colour_tiff_without_tifffile_names_the_extra(monkeypatch):
+    from streamnorm.sources import tiff
+
+    monkeypatch.setattr(tiff, "tifffile_module", lambda: None)
+    image = np.random.default_rng(3).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    with pytest.raises(BadRecordError, match=r"x\.tif: cannot decode image \(16-bit TIFF.*"
+                                             r"needs tifffile, which is not installed: "
+                                             r"pip install 'streamnorm\[tiff\]'"):
         decode_image(_rgb16_tiff(image), "RGB", "x.tif")
 
 

@@ -121,3 +121,64 @@ def test_dask_engine_leaves_no_scratch_space(tmp_path):
     assert res.returncode == 0, res.stderr
     assert not list((tmp_path / "tmp").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "store", "tmp"]
+
+
+def test_interrupt_counts_the_shards_the_checkpoint_holds(tmp_path, monkeypatch):
+    """A Ctrl-C landing after a shard's marker is written but before the pass counts the
+    shard (e.g. while the folder is fsynced) still reports every shard kept."""
+    write_files(tmp_path / "data", 6)
+    ckpt = tmp_path / "ckpt"
+    original = engine.Checkpoint.record
+    recorded = []
+
+    def record_then_ctrl_c(self, result):
+        original(self, result)
+        recorded.append(result.shard_id)
+        if len(recorded) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.Checkpoint, "record", record_then_ctrl_c)
+    with pytest.raises(engine.Interrupted) as info:
+        engine.compute([tmp_path / "data"], workers=1, checkpoint=ckpt)
+    assert len(list((ckpt / "done").glob("*.json"))) == 3
+    assert (info.value.done, info.value.total) == (3, 6)
+    monkeypatch.setattr(engine.Checkpoint, "record", original)
+    again = engine.compute([tmp_path / "data"], workers=1, checkpoint=ckpt)
+    assert again.resumed == 3
+    assert again.stats.equals(engine.compute([tmp_path / "data"], workers=1).stats)
+
+
+def _log_callback_error(exc: BaseException, callback: str) -> list[str]:
+    """What tornado's error handler writes for a failing loop callback, as it logs it."""
+    import logging
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("tornado.application")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        try:
+            raise exc
+        except BaseException:
+            logger.error("Exception in callback %r", callback, exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    return seen
+
+
+def test_dask_sync_cancel_race_is_not_reported_during_a_pass():
+    """distributed's sync() cancel callback failing on an early Ctrl-C (NameError) is dropped;
+    every other loop error is still reported."""
+    race = NameError("cannot access free variable 'future'")
+    cancel = "functools.partial(<function sync.<locals>.cancel at 0x7f>)"
+    assert _log_callback_error(race, cancel)  # tornado reports it outside a pass
+    with engine._quiet_sync_cancel_race():
+        assert _log_callback_error(race, cancel) == []
+        assert _log_callback_error(ValueError("real"), cancel)
+        assert _log_callback_error(NameError("x"), "functools.partial(<function other>)")
+    assert _log_callback_error(race, cancel)

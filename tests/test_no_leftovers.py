@@ -10,7 +10,8 @@ import pytest
 
 from offline_helpers import SRC
 
-MODULES = ["engine", "sources", "report", "cli", "_png"]
+MODULES = ["engine", "sources", "sources.base", "sources.registry", "sources._decode",
+           "sources.tiff", "report", "cli", "_png"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -48,10 +48,12 @@ URLs of one kind:
                (--columns to choose; --image-column for encoded images;
                one fixed-size-list / tensor column with --layout)
   images       PNG, JPEG, BMP, GIF, WebP, TIFF -> NHWC uint8; 16-bit PNG (gray,
-               RGB, with alpha, interlaced) and 16-bit gray TIFF -> NHWC uint16,
+               RGB, with alpha, interlaced) and 16-bit TIFF -> NHWC uint16,
                exactly (RGB: gray repeated, alpha dropped; --image-mode L for one
-               luma channel); ImageFolder class folders are fine; a folder mixing
-               8- and 16-bit images is an error
+               luma channel, all for every stored channel); each page of a TIFF
+               stack is an image (16-bit colour, stacks and more than four
+               channels need: pip install 'streamnorm[tiff]'); ImageFolder class
+               folders are fine; a folder mixing 8- and 16-bit images is an error
   .npy         memory-mapped; --layout says what it holds (default N or NF)
 
 examples:
@@ -155,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Parquet columns to use (default: every numeric column)")
     c.add_argument("--image-column", metavar="COL",
                    help="Parquet column of encoded images (PNG, JPEG...)")
-    c.add_argument("--image-mode", choices=("RGB", "L"), default="RGB",
-                   help="decode images as RGB (default) or L (one luma channel)")
+    c.add_argument("--image-mode", choices=("RGB", "L", "all"), default="RGB",
+                   help="decode images as RGB (default), L (one luma channel) or all "
+                        "(every channel as stored, e.g. multispectral TIFF)")
     c.add_argument("--histogram", action="store_true",
                    help="keep exact 256-bin histograms (8-bit data): quantiles, median, IQR")
     c.add_argument("--nan-policy", choices=("raise", "omit", "propagate"), default="raise",
@@ -333,7 +336,7 @@ def _check_writable(root: str, storage_options: Any) -> None:
 
 def _report_ignored(source: Any) -> None:
     """Say on stderr what the sources held that was not read (nothing is left out silently)."""
-    from .sources import IMAGE_FORMATS
+    from .sources import formats_read
 
     if source.ignored_columns:
         cols = source.ignored_columns
@@ -347,7 +350,7 @@ def _report_ignored(source: Any) -> None:
         sys.stderr.write(
             f"{PROG}: note: ignored {_count(len(files), 'file')} of other types in the "
             f"folders: {', '.join(files[:3])}{' ...' if len(files) > 3 else ''} (read: "
-            f"Parquet, images ({IMAGE_FORMATS}), .npy)\n"
+            f"{formats_read()})\n"
         )
 
 

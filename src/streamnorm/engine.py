@@ -377,6 +377,18 @@ class Checkpoint:
             )
         return out
 
+    def kept(self, shards: Sequence[Shard]) -> int:
+        """How many of ``shards`` have their done marker (statistics not read)."""
+        digests = {shard_digest(s.id) for s in shards}
+        try:
+            listed = self._fs.ls(f"{self._path}/{self.DONE}", detail=False)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise CheckpointError(f"cannot read the checkpoint {self.root}: {exc}") from exc
+        names = {p.rsplit("/", 1)[-1] for p in listed}
+        return sum(f"{d}.json" in names for d in digests)
+
     def record(self, result: ShardResult) -> None:
         """Save one finished shard: statistics first, then its done marker."""
         digest = shard_digest(result.shard_id)
@@ -502,19 +514,6 @@ class TqdmProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-def _check_one_bit_depth(source: Source, results: Mapping[str, ShardResult]) -> None:
-    """Refuse image shards of different bit depths (each shard checks its own images)."""
-    from .sources import mixed_bit_depths
-
-    seen: dict[str, str] = {}
-    for shard in sorted(source.shards, key=lambda s: s.id):
-        for part in results[shard.id].parts:
-            seen.setdefault(part.dtype, shard.where)
-    if len(seen) > 1:
-        (dtype_a, where_a), (dtype_b, where_b) = list(seen.items())[:2]
-        raise mixed_bit_depths(where_a, dtype_a, where_b, dtype_b)
 
 
 # ---------------------------------------------------------------------------
@@ -645,7 +644,42 @@ def _dask_client(scheduler: Any, workers: int | None,
     return local.client, local
 
 
+class _SyncCancelRace(logging.Filter):
+    """Drop tornado's report of a Ctrl-C that reached Dask's ``sync()`` too early.
+
+    On KeyboardInterrupt, ``distributed.utils.sync`` schedules a ``cancel``
+    callback that reads a variable bound only once the interrupted call has
+    started; when it had not, the callback fails with a NameError and tornado
+    logs it, traceback and all, under the one-line interruption message. The
+    interruption itself is handled; only this report is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, NameError) and "sync.<locals>.cancel" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet_sync_cancel_race() -> Iterator[None]:
+    """While the block runs, tornado does not report :class:`_SyncCancelRace`."""
+    logger = logging.getLogger("tornado.application")
+    race = _SyncCancelRace()
+    logger.addFilter(race)
+    try:
+        yield
+    finally:
+        logger.removeFilter(race)
+
+
 def _run_dask(
+    shards: Sequence[Shard], workers: int | None, scheduler: Any, kwargs: dict[str, Any],
+    on_result: Callable[[ShardResult], None],
+) -> None:
+    with _quiet_sync_cancel_race():
+        _run_dask_client(shards, workers, scheduler, kwargs, on_result)
+
+
+def _run_dask_client(
     shards: Sequence[Shard], workers: int | None, scheduler: Any, kwargs: dict[str, Any],
     on_result: Callable[[ShardResult], None],
 ) -> None:
@@ -783,20 +817,22 @@ def compute(
             if engine == "dask":
                 _run_dask(pending, workers, scheduler, kwargs, on_result)
             else:
-                heavy = source.kind == "image" or source.options.image_column is not None
+                heavy = source.decodes
                 n_workers = workers or os.cpu_count() or 1
                 small = sum(s.nbytes for s in pending) < PROCESS_POOL_MIN_BYTES
                 if heavy and small and workers is None:
                     n_workers = 1  # decoding holds the GIL; starting processes would cost more
                 _run_local(pending, n_workers, heavy, kwargs, on_result)
     except KeyboardInterrupt:
-        raise Interrupted(len(results), len(source.shards), checkpoint) from None
+        # A Ctrl-C can land after a shard's marker is written but before the
+        # shard is counted here: the checkpoint itself says what is kept.
+        kept = len(results) if ckpt is None else ckpt.kept(source.shards)
+        raise Interrupted(kept, len(source.shards), checkpoint) from None
     finally:
         if bar is not None:
             bar.close()
     ordered = [results[s.id] for s in sorted(source.shards, key=lambda s: s.id)]
-    if source.unit == "images":
-        _check_one_bit_depth(source, results)
+    source.check(results)
     stats = merge_results(ordered, source.feature_names)
     skipped = tuple(item for r in ordered for item in r.skipped)
     if stats is None:

@@ -1,0 +1,562 @@
+"""Parquet files: numeric columns (``NF``), one tensor column, or encoded images.
+
+A shard is a run of whole row groups of one file (about ``shard_bytes``
+compressed). What a file becomes:
+
+- numeric columns (every integer and float column unless ``columns=`` names
+  some; booleans only when named) -> layout ``NF``, one feature per column.
+  Columns are read record batch by record batch and handed to the kernels
+  without a copy where Arrow's buffer is a plain numpy array. Nulls are
+  non-finite values under ``nan_policy``: NaN in float columns; in integer
+  columns they are skipped and counted under ``"omit"`` and an error
+  otherwise (integer statistics are exact sums, which cannot hold a NaN).
+- one *tensor column* (fixed-size lists, nested, or Arrow's
+  ``fixed_shape_tensor``): a flat list of ``k`` values gives ``k`` features
+  named ``col[0]``... (``NF``); higher ranks need ``layout=``.
+- ``image_column=``: a binary column of encoded images (or a Hugging Face
+  ``struct<bytes, path>`` image column) -> ``NHWC``, as image files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import LayoutError, NonFiniteError, StreamnormError
+from ..layout import parse_layout
+from ..stats import Stats
+from ._decode import check_one_bit_depth, decode_records, reduce_images
+from .base import (
+    BadRecordError,
+    FileInfo,
+    Format,
+    OpenRequest,
+    ReadOptions,
+    Shard,
+    ShardResult,
+    Source,
+    SourceError,
+    add_nan,
+    concat_features,
+    display,
+    fs_of,
+    is_local,
+    one_line,
+)
+
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+class ParquetFormat(Format):
+    """Parquet files (numeric columns, a tensor column, or an image column)."""
+
+    kind = "parquet"
+    suffixes = PARQUET_SUFFIXES
+    magic = (b"PAR1",)
+    noun = "Parquet"
+    folder_noun = "Parquet (.parquet)"
+    plural = "Parquet files"
+    unit_short = "rg"
+    range_unit = "row group"
+
+    def open(self, files: Sequence[FileInfo], request: OpenRequest) -> Source:
+        return _open_parquet_source(
+            list(files), request.layout, request.columns, request.image_column,
+            request.image_mode, request.storage_options, request.shard_bytes, request.batch_bytes,
+        )
+
+    def unit(self, options: ReadOptions) -> str:
+        return "images" if options.image_column is not None else "rows"
+
+    def decodes(self, options: ReadOptions) -> bool:
+        return options.image_column is not None
+
+    def batches(self, shard: Shard, skip_bad: bool) -> Iterator[np.ndarray]:
+        if shard.options.image_column is not None:
+            for _where, image in _column_images(shard, skip_bad, skipped=[]):
+                yield image[None]
+            return
+        for columns in _table_batches(shard):
+            if shard.options.tensor_shape:
+                yield _tensor_values(shard, columns[0], policy="propagate")[0]
+            else:
+                yield np.column_stack([_arrow_to_numpy(col, nulls_as_nan=True) for col in columns])
+
+    def reduce(self, shard: Shard, histogram: bool, nan_policy: str, skip_bad: bool,
+               read_threads: bool) -> ShardResult:
+        if shard.options.image_column is not None:
+            skipped: list[tuple[str, str]] = []
+            parts, n = reduce_images(_column_images(shard, skip_bad, skipped), histogram,
+                                     nan_policy, shard.options.feature_names)
+            return ShardResult(shard.id, parts, n, shard.nbytes, tuple(skipped))
+        if shard.options.tensor_shape:
+            return _compute_tensor(shard, histogram, nan_policy, read_threads)
+        return _compute_table(shard, histogram, nan_policy, read_threads)
+
+    def check(self, source: Source, results: Mapping[str, ShardResult]) -> None:
+        if source.options.image_column is not None:
+            check_one_bit_depth(source, results)
+
+
+# -- opening ------------------------------------------------------------------
+
+
+def _numeric(typ: Any, allow_bool: bool) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_integer(typ) or pa.types.is_floating(typ)
+            or (allow_bool and pa.types.is_boolean(typ)))
+
+
+def _tensor_shape(typ: Any) -> tuple[tuple[int, ...], Any] | None:
+    """Shape and value type of a fixed-size-list / fixed_shape_tensor column type."""
+    import pyarrow as pa
+
+    if isinstance(typ, pa.BaseExtensionType):
+        if getattr(typ, "extension_name", "") == "arrow.fixed_shape_tensor":
+            perm = typ.permutation
+            if perm is not None and list(perm) != sorted(perm):
+                return None
+            return tuple(int(s) for s in typ.shape), typ.value_type
+        typ = typ.storage_type
+    shape: list[int] = []
+    while pa.types.is_fixed_size_list(typ):
+        shape.append(int(typ.list_size))
+        typ = typ.value_type
+    if not shape:
+        return None
+    return tuple(shape), typ
+
+
+def _read_footer(info: FileInfo, so: Mapping[str, Any]) -> Any:
+    import pyarrow.parquet as pq
+
+    fs, path = fs_of(info.url, so)
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata
+    except PermissionError as exc:
+        raise SourceError(f"{display(info.url)}: cannot read file ({one_line(exc)})") from exc
+    except (OSError, ValueError) as exc:
+        raise SourceError(
+            f"{display(info.url)}: not a readable Parquet file ({one_line(exc)})"
+        ) from exc
+
+
+def _open_parquet_source(
+    infos: list[FileInfo],
+    layout: str | None,
+    columns: Sequence[str] | None,
+    image_column: str | None,
+    image_mode: str,
+    so: dict[str, Any],
+    shard_bytes: int,
+    batch_bytes: int,
+) -> Source:
+    import pyarrow as pa
+
+    metas = [_read_footer(info, so) for info in infos]
+    first_schema = metas[0].schema.to_arrow_schema()
+    tensor_shape: tuple[int, ...] = ()
+    feature_names: tuple[str, ...] | None
+    if image_column is not None:
+        if columns:
+            raise SourceError("pass either columns or an image column, not both")
+        if layout not in (None, "NHWC"):
+            raise LayoutError(f"an image column is read as 'NHWC'; drop --layout {layout!r}")
+        selected: tuple[str, ...] = (image_column,)
+        out_layout = "NHWC"
+        feature_names = None
+    else:
+        if columns:
+            selected = tuple(columns)
+        else:
+            selected = tuple(f.name for f in first_schema if _numeric(f.type, False))
+            if not selected:
+                tensors = [f.name for f in first_schema if _tensor_shape(f.type)]
+                described = ", ".join(f"{f.name}: {f.type}" for f in first_schema)
+                hint = (f"pass the tensor column with --columns {tensors[0]}" if tensors
+                        else "pass --image-column for encoded images")
+                raise SourceError(
+                    f"{display(infos[0].url)}: no numeric columns (columns: {described}); {hint}"
+                )
+        if len(set(selected)) != len(selected):
+            raise SourceError(f"columns are repeated: {list(selected)}")
+        out_layout, feature_names = "NF", selected
+    for info, meta in zip(infos, metas):
+        schema = meta.schema.to_arrow_schema()
+        for name in selected:
+            idx = schema.get_field_index(name)
+            if idx < 0:
+                raise SourceError(
+                    f"{display(info.url)}: has no column {name!r} (columns: {schema.names})"
+                )
+            typ = schema.field(idx).type
+            if image_column is not None:
+                ok = (pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
+                      or (pa.types.is_struct(typ) and typ.get_field_index("bytes") >= 0))
+                if not ok:
+                    raise SourceError(
+                        f"{display(info.url)}: image column {name!r} has type {typ}; it must "
+                        f"hold encoded image bytes (binary, or a struct with a 'bytes' field)"
+                    )
+                continue
+            tensor = _tensor_shape(typ)
+            if tensor is not None:
+                if len(selected) > 1:
+                    raise SourceError(
+                        f"{display(info.url)}: column {name!r} holds tensors ({typ}); select it "
+                        f"on its own (--columns {name}), not with other columns"
+                    )
+                shape, value_type = tensor
+                if not _numeric(value_type, True):
+                    raise SourceError(
+                        f"{display(info.url)}: tensor column {name!r} holds {value_type}, "
+                        f"which is not numeric"
+                    )
+                if tensor_shape and shape != tensor_shape:
+                    raise SourceError(
+                        f"{display(info.url)}: tensor column {name!r} has shape {shape}, "
+                        f"other files {tensor_shape}"
+                    )
+                tensor_shape = shape
+            elif not _numeric(typ, True):
+                raise SourceError(
+                    f"{display(info.url)}: column {name!r} has type {typ}, which is not numeric; "
+                    f"pick integer or float columns with --columns"
+                )
+            elif tensor_shape:
+                raise SourceError(f"{display(info.url)}: column {name!r} is not a tensor column")
+    if tensor_shape:
+        if layout is None:
+            if len(tensor_shape) != 1:
+                raise LayoutError(
+                    f"column {selected[0]!r} holds {len(tensor_shape)}-D tensors of shape "
+                    f"{tensor_shape}; pass the layout of a batch of them (e.g. 'NCHW' or 'NHWC')"
+                )
+            layout = "NF"
+        parsed = parse_layout(layout)
+        parsed.check_rank(1 + len(tensor_shape), what=f"a batch of column {selected[0]!r}")
+        out_layout = layout
+        if layout == "NF":
+            feature_names = tuple(f"{selected[0]}[{i}]" for i in range(tensor_shape[0]))
+        else:
+            feature_names = None
+    elif image_column is None and layout not in (None, "NF"):
+        raise LayoutError(
+            f"numeric Parquet columns are read as 'NF' (one feature per column); "
+            f"drop --layout {layout!r}"
+        )
+    ignored_columns = () if (columns or image_column is not None) else tuple(
+        f"{f.name} ({f.type})" for f in first_schema if not _numeric(f.type, False))
+    options = ReadOptions(layout=out_layout, columns=selected, tensor_shape=tensor_shape,
+                          image_column=image_column, image_mode=image_mode,
+                          batch_bytes=batch_bytes,
+                          feature_names=feature_names if tensor_shape else None)
+    shards: list[Shard] = []
+    for info, meta in zip(infos, metas):
+        start, size = 0, 0
+        sizes = [
+            sum(meta.row_group(i).column(j).total_compressed_size
+                for j in range(meta.row_group(i).num_columns))
+            for i in range(meta.num_row_groups)
+        ]
+        for i, rg_size in enumerate(sizes):
+            size += rg_size
+            if size >= shard_bytes or i == len(sizes) - 1:
+                shards.append(Shard(ParquetFormat.kind, (info,), start, i + 1, options, so, size))
+                start, size = i + 1, 0
+    return Source(ParquetFormat.kind, out_layout, feature_names, tuple(shards), options, so,
+                  ignored_columns=ignored_columns)
+
+
+# -- reading ------------------------------------------------------------------
+
+
+def _open_parquet(shard: Shard) -> Any:
+    import pyarrow.parquet as pq
+
+    info = shard.files[0]
+    fs, path = fs_of(info.url, shard.storage_options)
+    try:
+        if is_local(fs):
+            # Mapped, not read: pages come straight from the page cache
+            # instead of being copied into a read buffer first.
+            return pq.ParquetFile(path, memory_map=True, pre_buffer=False)
+        return pq.ParquetFile(fs.open(path, "rb"))
+    except (OSError, ValueError) as exc:
+        raise SourceError(
+            f"{display(info.url)}: not a readable Parquet file ({one_line(exc)})"
+        ) from exc
+
+
+def _table_batches(
+    shard: Shard, columns: Sequence[str] | None = None, read_threads: bool = True
+) -> Iterator[list[Any]]:
+    """The shard's selected columns, one list of Arrow arrays per read.
+
+    Row groups whose selected columns decode to at most ``batch_bytes``
+    are read whole (pyarrow's fastest path); larger ones in record
+    batches of about ``batch_bytes``, which bounds memory.
+    """
+    import pyarrow as pa
+
+    pf = _open_parquet(shard)
+    names = list(columns if columns is not None else shard.options.columns)
+    # A threaded read of an in-memory buffer can abort the interpreter at
+    # exit (apache/arrow #34314), so only files pyarrow opens itself use threads.
+    threaded = read_threads and is_local(fs_of(shard.files[0].url, shard.storage_options)[0])
+    wanted = set(names)
+    try:
+        meta = pf.metadata
+        for i in range(shard.start, shard.stop):
+            rg = meta.row_group(i)
+            size = sum(rg.column(j).total_uncompressed_size for j in range(rg.num_columns)
+                       if rg.column(j).path_in_schema.split(".")[0] in wanted)
+            if size <= shard.options.batch_bytes or rg.num_rows <= 1:
+                table = pf.read_row_group(i, columns=names, use_threads=threaded)
+                yield [_combined(table.column(k)) for k in range(table.num_columns)]
+                continue
+            rows = max(1, rg.num_rows * shard.options.batch_bytes // max(size, 1))
+            for rb in pf.iter_batches(batch_size=rows, row_groups=[i], columns=names,
+                                      use_threads=threaded):
+                yield [rb.column(k) for k in range(rb.num_columns)]
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        if isinstance(exc, StreamnormError):
+            raise
+        raise SourceError(
+            f"{shard.where}: cannot read Parquet data ({one_line(exc)})"
+        ) from exc
+    finally:
+        pf.close()
+
+
+def _compute_table(shard: Shard, histogram: bool, nan_policy: str,
+                   read_threads: bool) -> ShardResult:
+    reducer = _TableReducer(shard.options.columns, histogram, nan_policy, shard.where)
+    for columns in _table_batches(shard, read_threads=read_threads):
+        reducer.update(columns)
+    return ShardResult(shard.id, reducer.result(), reducer.rows, shard.nbytes)
+
+
+def _tensor_values(shard: Shard, col: Any, policy: str) -> tuple[np.ndarray, int]:
+    """A tensor column's batch as ``(rows, *shape)`` and the null rows dropped."""
+    import pyarrow as pa
+
+    shape = shard.options.tensor_shape
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if isinstance(col.type, pa.BaseExtensionType):
+        col = col.storage
+    dropped = 0
+    valid: np.ndarray | None = None
+    if col.null_count:
+        if policy == "omit":
+            dropped = col.null_count
+            col = col.drop_null()
+        else:
+            valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    n_rows = len(col)
+    flat = col
+    while pa.types.is_fixed_size_list(flat.type):
+        flat = flat.flatten()
+    if flat.null_count and not pa.types.is_floating(flat.type):
+        raise NonFiniteError(
+            f"{shard.where}: tensor column {shard.options.columns[0]!r} holds null values "
+            f"inside its {flat.type} tensors; fill them or cast the column to float"
+        )
+    values = _arrow_to_numpy(flat, nulls_as_nan=True)
+    if valid is not None:
+        if not np.issubdtype(values.dtype, np.floating):
+            raise NonFiniteError(
+                f"{shard.where}: tensor column {shard.options.columns[0]!r} has "
+                f"{int((~valid).sum())} null row(s); integer statistics cannot hold a "
+                f"missing value under nan_policy={policy!r}; use nan_policy='omit'"
+            )
+        full = np.full((len(valid), int(np.prod(shape))), np.nan, dtype=values.dtype)
+        full[valid] = values.reshape(-1, full.shape[1])
+        return full.reshape((len(valid), *shape)), 0
+    return values.reshape((n_rows, *shape)), dropped
+
+
+def _compute_tensor(shard: Shard, histogram: bool, nan_policy: str,
+                    read_threads: bool) -> ShardResult:
+    from ..accumulate import StatsAccumulator
+
+    acc = StatsAccumulator(layout=shard.options.layout,
+                           feature_names=shard.options.feature_names,
+                           histogram=histogram, nan_policy=nan_policy)
+    rows = 0
+    dropped = 0
+    seen = False
+    for (col,) in _table_batches(shard, read_threads=read_threads):
+        values, lost = _tensor_values(shard, col, nan_policy)
+        rows += len(values) + lost
+        dropped += lost
+        if values.size or not seen:
+            acc.update(values)
+            seen = True
+    if not seen:
+        return ShardResult(shard.id, (), 0, shard.nbytes)
+    stats = acc.result()
+    if dropped:
+        per_feature = int(np.prod(shard.options.tensor_shape)) // max(stats.n_features, 1)
+        stats = add_nan(stats, [dropped * per_feature] * stats.n_features)
+    return ShardResult(shard.id, (stats,), rows, shard.nbytes)
+
+
+def _column_images(
+    shard: Shard, skip_bad: bool, skipped: list[tuple[str, str]]
+) -> Iterator[tuple[str, np.ndarray]]:
+    import pyarrow as pa
+
+    column = shard.options.image_column
+    assert column is not None
+    pf = _open_parquet(shard)
+    first_row = sum(pf.metadata.row_group(i).num_rows for i in range(shard.start))
+    pf.close()
+    row = first_row
+    for (col,) in _table_batches(shard, [column]):
+        if pa.types.is_struct(col.type):
+            col = col.field("bytes")
+        for value in col.to_pylist():
+            where = f"{display(shard.files[0].url)} row {row}"
+            row += 1
+            try:
+                if value is None:
+                    raise BadRecordError(where, "the image value is null")
+                records = decode_records(value, shard.options.image_mode, where)
+            except BadRecordError as exc:
+                if not skip_bad:
+                    raise
+                skipped.append((exc.where, exc.reason))
+                continue
+            yield from records
+
+
+class _TableReducer:
+    """Per-column statistics of a table's batches, one accumulator per dtype.
+
+    Columns of one dtype are stacked into a ``(features, rows)`` buffer and
+    reduced in one call (layout ``"FN"``): one kernel call per dtype and batch
+    instead of one per column, and a single column is handed over without a
+    copy. Each dtype keeps its own statistics, so integer columns keep their
+    exact sums whatever the other columns hold. Integer columns with nulls
+    (``nan_policy="omit"``) are ragged for that batch: their values are reduced
+    column by column and merged exactly.
+    """
+
+    def __init__(self, names: Sequence[str], histogram: bool, nan_policy: str,
+                 where: str) -> None:
+        self.names = tuple(names)
+        self.histogram = histogram
+        self.nan_policy = nan_policy
+        self.where = where
+        self.rows = 0
+        self.groups: dict[np.dtype, list[int]] | None = None
+        self.accs: dict[np.dtype, Any] = {}
+        self.extra: dict[np.dtype, list[Stats]] = {}
+        self.nulls = np.zeros(len(self.names), np.int64)
+        self._buffers: dict[np.dtype, np.ndarray] = {}
+
+    def _values(self, j: int, col: Any) -> tuple[np.ndarray, bool]:
+        """Column ``j`` as numpy; ``True`` when nulls were dropped (ragged)."""
+        import pyarrow as pa
+
+        if col.null_count and not pa.types.is_floating(col.type):
+            if self.nan_policy != "omit":
+                raise NonFiniteError(
+                    f"{self.where}: column {self.names[j]!r} ({col.type}) has "
+                    f"{col.null_count} null(s); integer statistics are exact and cannot hold a "
+                    f"missing value under nan_policy={self.nan_policy!r}; use "
+                    f"nan_policy='omit' to skip and count them, or cast the column to float"
+                )
+            self.nulls[j] += col.null_count
+            return _arrow_to_numpy(col.drop_null(), nulls_as_nan=False), True
+        return _arrow_to_numpy(col, nulls_as_nan=True), False
+
+    def _accumulator(self, dtype: np.dtype) -> Any:
+        from ..accumulate import StatsAccumulator
+
+        assert self.groups is not None
+        names = [self.names[j] for j in self.groups[dtype]]
+        return StatsAccumulator(layout="FN", feature_names=names, histogram=self.histogram,
+                                nan_policy=self.nan_policy)
+
+    def update(self, columns: Sequence[Any]) -> None:
+        n = len(columns[0]) if columns else 0
+        self.rows += n
+        if n == 0:
+            return
+        converted = [self._values(j, col) for j, col in enumerate(columns)]
+        if self.groups is None:
+            self.groups = {}
+            for j, (values, _ragged) in enumerate(converted):
+                self.groups.setdefault(values.dtype, []).append(j)
+            for dtype in self.groups:
+                self.accs[dtype] = self._accumulator(dtype)
+                self.extra[dtype] = []
+        for dtype, members in self.groups.items():
+            arrays = [converted[j][0] for j in members]
+            arrays = [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
+            if any(converted[j][1] for j in members):
+                parts = [self._single(self.names[j], a) for j, a in zip(members, arrays)]
+                self.extra[dtype].append(concat_features(parts, "FN"))
+                continue
+            if len(arrays) == 1:
+                stacked = arrays[0].reshape(1, -1)
+            else:
+                buf = self._buffers.get(dtype)
+                if buf is None or buf.shape != (len(arrays), n):
+                    buf = self._buffers[dtype] = np.empty((len(arrays), n), dtype)
+                for row, a in enumerate(arrays):
+                    buf[row] = a
+                stacked = buf
+            self.accs[dtype].update(stacked)
+
+    def _single(self, name: str, values: np.ndarray) -> Stats:
+        from ..accumulate import StatsAccumulator
+
+        acc = StatsAccumulator(layout="FN", feature_names=[name], histogram=self.histogram,
+                               nan_policy=self.nan_policy)
+        return acc.update(values.reshape(1, -1)).result()
+
+    def result(self) -> tuple[Stats, ...]:
+        """One :class:`Stats` per dtype group (layout ``"NF"``); empty without rows."""
+        if self.groups is None:
+            return ()
+        parts = []
+        for dtype, members in self.groups.items():
+            acc = self.accs[dtype]
+            pieces = ([acc.result()] if acc.n_batches else []) + self.extra[dtype]
+            stats = Stats.merge_all(pieces)
+            stats = replace(stats, layout="NF", nan_count=stats.nan_count + self.nulls[members])
+            parts.append(stats)
+        return tuple(parts)
+
+
+def _combined(col: Any) -> Any:
+    """One Arrow array for a (usually single-chunk) column."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
+def _arrow_to_numpy(col: Any, nulls_as_nan: bool) -> np.ndarray:
+    """Arrow array -> numpy, zero-copy for null-free fixed-width numeric data."""
+    import pyarrow as pa
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    typ = col.type
+    if col.null_count == 0 and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+        return col.to_numpy(zero_copy_only=True)
+    if pa.types.is_boolean(typ):
+        if col.null_count:
+            return col.to_numpy(zero_copy_only=False).astype(np.float64)
+        return col.to_numpy(zero_copy_only=False).astype(bool)
+    values = col.to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(typ):
+        return values.astype(typ.to_pandas_dtype(), copy=False)
+    return values

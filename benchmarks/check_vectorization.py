@@ -73,6 +73,7 @@ _ARM_MOVES = re.compile(r"^(ld|st|ldr|str|ldp|stp|ldur|stur|mov|dup|ins|umov|smo
 _ARM_SCALAR = re.compile(r"^(add|adds|sub|subs|mul|madd|cmp|cmn|csel|cinc|and|orr|eor|lsl|lsr|asr"
                          r"|fadd|fsub|fmul|fmadd|fcmp|fcsel|fmax|fmin|fmaxnm|fminnm|sxt\w|uxt\w)$")
 _X86_WIDTH = {"xmm": 128, "ymm": 256, "zmm": 512}
+_X86_LANE = {"b": 8, "w": 16, "d": 32, "q": 64}
 _ARM = ("aarch64", "arm64")
 
 
@@ -96,6 +97,7 @@ class Loop:
     width: int | str = 0
     innermost: bool = True
     source_lines: list[int] = field(default_factory=list)
+    lane_bits: list[int] = field(default_factory=list)
 
     @property
     def vectorized(self) -> bool:
@@ -155,6 +157,26 @@ def classify(ins: Instruction, arch: str = "x86_64") -> tuple[str, int | str]:
     return ("scalar", 0) if _X86_SCALAR.match(m) else ("other", 0)
 
 
+def lane_bits(mnemonic: str) -> int | None:
+    """Bits per lane of an x86 packed op's result (``None`` where the mnemonic does not say).
+
+    Lanes of 64 bits on 8-bit data mean the loop widened each byte eight times over.
+
+    >>> [lane_bits(m) for m in ("vpminub", "vpmovzxbq", "vpmaddwd", "vpsadbw", "vcvtps2pd", "vaddps", "vpxor")]
+    [8, 64, 32, 64, 64, 32, None]
+    """
+    special = {"vpmaddwd": 32, "pmaddwd": 32, "vpsadbw": 64, "psadbw": 64, "vpmaddubsw": 16, "pmaddubsw": 16}
+    if mnemonic in special:
+        return special[mnemonic]
+    if mnemonic.endswith(("pd", "2pd")):
+        return 64
+    if mnemonic.endswith(("ps", "2ps")):
+        return 32
+    if re.match(r"^v?p", mnemonic) and mnemonic[-1] in _X86_LANE:
+        return _X86_LANE[mnemonic[-1]]
+    return None
+
+
 def find_loops(lines: list[str], arch: str = "x86_64", files: set[int] | None = None) -> list[Loop]:
     """Loops of one function's assembly: a label and a later conditional jump back to it.
 
@@ -191,6 +213,7 @@ def _measure(loop: Loop, items: list, arch: str, files: set[int] | None) -> None
         if isinstance(item, tuple):
             line = item[1] if files is None or item[0] in files else 0
     widths: list[int | str] = []
+    lanes: set[int] = set()
     seen: set[int] = set()
     for item in items[loop.start : loop.end + 1]:
         if isinstance(item, tuple):
@@ -204,9 +227,12 @@ def _measure(loop: Loop, items: list, arch: str, files: set[int] | None) -> None
         if kind == "packed":
             loop.packed += 1
             widths.append(width)
+            if arch not in _ARM and lane_bits(item.mnemonic):
+                lanes.add(lane_bits(item.mnemonic))
         elif kind == "scalar":
             loop.scalar += 1
     loop.source_lines = sorted(seen)
+    loop.lane_bits = sorted(lanes)
     if widths:
         loop.width = "SVE" if "SVE" in widths else max(w for w in widths if isinstance(w, int))
 
@@ -323,14 +349,16 @@ class Verdict:
         widths = [lo.width for lo in mains if lo.vectorized]
         width = "SVE" if "SVE" in widths else max((w for w in widths if isinstance(w, int)), default=0)
         return {"kernel": self.kernel, "dtype": self.dtype, "vectorized": self.vectorized,
-                "width_bits": width, "hot_in": self.holder,
+                "width_bits": width, "lane_bits": sorted({b for lo in mains for b in lo.lane_bits}),
+                "hot_in": self.holder,
                 "hot_source_lines": [[src.first, src.last] for src, _ in self.hot],
                 "hot_loops": len(self.hot), "vector_hot_loops": len(self.hot) - len(self.scalar_loops),
                 "packed_ops": sum(lo.packed for lo in mains), "scalar_ops": sum(lo.scalar for lo in mains),
                 "asm_loops": sum(len(compiled) for _, compiled in self.hot), "note": self.note}
 
     def complaint(self) -> str:
-        where = ", ".join(f"lines {s.first}-{s.last}" for s in self.scalar_loops) or "no hot loop found"
+        spans = ", ".join(f"{s.first}-{s.last}" for s in self.scalar_loops)
+        where = f"lines {spans}" if spans else "no hot loop found"
         return f"{self.kernel} {self.dtype} ({self.holder}, _kernels.py {where})"
 
 
@@ -339,6 +367,8 @@ def judge(kernel: str, dtype: str, holder: str, asm_lines: list[str], hot: list[
     """Match each hot source loop with the innermost assembly loops compiled from it.
 
     An assembly loop belongs to the hot source loop holding most of its ``.loc`` lines.
+    A source loop LLVM unrolled completely (a short fixed lane loop) has no assembly loop
+    of its own: it is judged by the innermost assembly loops its lines were unrolled into.
 
     >>> asm = ["\\t.loc 1 5 0", ".LBB0_1:", "\\tvaddpd %zmm0, %zmm1, %zmm1", "\\tjne .LBB0_1"]
     >>> judge("k", "float64", "k", asm, [SourceLoop(4, 6, 1, True)]).row()["width_bits"]
@@ -347,8 +377,8 @@ def judge(kernel: str, dtype: str, holder: str, asm_lines: list[str], hot: list[
     compiled = [lo for lo in find_loops(asm_lines, arch, files) if lo.innermost and lo.source_lines]
     verdict = Verdict(kernel, dtype, holder, note=note)
     for src in hot:
-        mine = [lo for lo in compiled
-                if 2 * sum(src.first <= n <= src.last for n in lo.source_lines) > len(lo.source_lines)]
+        share = [(lo, sum(src.first <= n <= src.last for n in lo.source_lines)) for lo in compiled]
+        mine = [lo for lo, n in share if 2 * n > len(lo.source_lines)] or [lo for lo, n in share if n]
         verdict.hot.append((src, mine))
     return verdict
 
@@ -471,22 +501,25 @@ def markdown(rows: list[dict], meta: dict) -> str:
          f"{meta['machine']}. CPU vector flags: {', '.join(meta['cpu_vector_flags']) or 'none'}."),
         "",
         ("Hot loops: the innermost source loops nested deepest (their `_kernels.py` lines). "
-         "Widest: the widest vector register in their vector loops. Packed / scalar ops: "
+         "Widest: the widest vector register in their vector loops; lanes: the bits per lane "
+         "of their packed results (64-bit lanes on 8-bit data: each byte widened eight times). "
+         "Packed / scalar ops: "
          "counted in the body of each hot loop's main vector loop (scalar ops there are loop "
          "control); asm loops: vector bodies plus the scalar remainder and alias-check "
          "fallback loops LLVM adds."),
         "",
-        "| kernel | dtype | vectorized | widest (bits) | hot loops (lines) | vectorized hot loops "
-        "| packed ops | scalar ops | asm loops | note |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---|",
+        "| kernel | dtype | vectorized | widest (bits) | lanes (bits) | hot loops (lines) "
+        "| vectorized hot loops | packed ops | scalar ops | asm loops | note |",
+        "|---|---|---|---:|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r.get("scatter"):
-            lines.append(f"| {r['kernel']} | uint8/int8 | - | - | - | - | - | - | - | {r['note']} |")
+            lines.append(f"| {r['kernel']} | uint8/int8 | - | - | - | - | - | - | - | - | {r['note']} |")
             continue
         spans = ", ".join(f"{a}-{b}" for a, b in r["hot_source_lines"])
         lines.append(f"| {r['kernel']} | {r['dtype']} | {'yes' if r['vectorized'] else 'NO'} "
-                     f"| {r['width_bits'] or '-'} | {r['hot_in']} {spans} "
+                     f"| {r['width_bits'] or '-'} | {', '.join(map(str, r['lane_bits'])) or '-'} "
+                     f"| {r['hot_in']} {spans} "
                      f"| {r['vector_hot_loops']} / {r['hot_loops']} | {r['packed_ops']} | {r['scalar_ops']} "
                      f"| {r['asm_loops']} | {r['note']} |")
     return "\n".join(lines) + "\n"

@@ -31,11 +31,11 @@ def cv():
     return module
 
 
-def run_script(*args: str, tmp: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    env.pop("STREAMNORM_DISABLE_JIT", None)
+def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    full.pop("STREAMNORM_DISABLE_JIT", None)
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          env=env, cwd=tmp or ROOT, timeout=900)
+                          env=full, cwd=ROOT, timeout=900)
 
 
 # -- the check on today's kernels ------------------------------------------------------------
@@ -51,12 +51,26 @@ def test_check_passes_on_todays_kernels_and_names_the_cpu():
         if cells[0] in CHECKED:
             assert cells[2] == "yes", line
             assert int(cells[3]) >= 128, line
-            assert int(cells[6]) > 0, line  # packed ops in the hot loop
+            assert cells[4] != "-", line  # lane widths of its packed ops
+            assert int(cells[7]) > 0, line  # packed ops in the hot loop
     assert "u8_hist_planes" in kernels and "scatter, not checked" in proc.stdout
     sys.path.insert(0, str(SCRIPT.parent))
     from _machine import describe_cpu
 
     assert describe_cpu() in proc.stdout
+
+
+@pytest.mark.slow
+def test_check_fails_on_the_scalar_code_of_llvm_without_its_vectorizers():
+    # the same kernels compiled with LLVM's loop and SLP vectorizers off: every hot loop scalar
+    env = {"NUMBA_LOOP_VECTORIZE": "0", "NUMBA_SLP_VECTORIZE": "0"}
+    proc = run_script("--check", "--no-write", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("check_vectorization: scalar hot loop in ")
+    for kernel in CHECKED:
+        assert f"{kernel} " in line
+    assert "float_cols float32 (float_cols, _kernels.py lines " in line
 
 
 def test_check_exits_1_with_one_line_naming_each_scalar_hot_loop(cv, monkeypatch, capsys):
@@ -89,7 +103,7 @@ def test_table_and_json_go_to_results_with_the_machine(cv, monkeypatch, tmp_path
     row = data["rows"][0]
     assert (row["kernel"], row["vectorized"], row["width_bits"], row["packed_ops"]) == ("u8_cols", True, 512, 6)
     text = (tmp_path / "vectorization.md").read_text()
-    assert cv.describe_cpu() in text and "| u8_cols | uint8/int8 | yes | 512 |" in text
+    assert cv.describe_cpu() in text and "| u8_cols | uint8/int8 | yes | 512 | - |" in text
 
 
 def test_debug_line_tables_change_no_instruction(cv):
@@ -162,6 +176,7 @@ def test_vectorized_loop_is_vectorized_with_its_widest_register(cv):
     assert (loop.label, loop.vectorized, loop.width, loop.innermost) == (".LBB0_31", True, 512, True)
     assert (loop.packed, loop.scalar) == (5, 2)  # xor, zero-extend, multiply-add, add, min / add, cmp
     assert loop.source_lines == [41]
+    assert loop.lane_bits == [8, 32]  # bytes (xor, min) and int32 (zero-extend, multiply-add, add)
 
 
 def test_scalar_loop_is_scalar_despite_a_zeroing_idiom(cv):
@@ -203,6 +218,18 @@ def test_every_hot_pass_needs_its_own_vector_loop(cv):
     hot = [cv.SourceLoop(40, 43, 2, True), cv.SourceLoop(49, 52, 2, True)]
     verdict = cv.judge("float_cols", "float32", "float_cols", (VECTOR_LOOP + second).splitlines(), hot)
     assert not verdict.vectorized and verdict.scalar_loops == [hot[1]]
+
+
+def test_fully_unrolled_lane_loop_is_judged_by_the_loop_it_was_unrolled_into(cv):
+    # source: for i in range(0, n, 16) (lines 30-34) / for lane in range(16) (lines 32-34);
+    # LLVM unrolls the lane loop into packed code of the i loop: no asm loop of its own
+    lane = cv.SourceLoop(32, 34, 2, True)
+    body = ".LBB0_9:\n\t.loc\t1 31 0\n\taddq $16, %rax\n\t.loc\t1 33 0\n\tvpaddd %zmm0, %zmm1, %zmm1\n" \
+           "\t.loc\t1 31 0\n\tcmpq %rax, %rdi\n\t.loc\t1 30 0\n\tjne .LBB0_9\n"
+    verdict = cv.judge("k", "uint8", "k", body.splitlines(), [lane])
+    assert verdict.vectorized and verdict.row()["width_bits"] == 512
+    scalar = body.replace("vpaddd %zmm0, %zmm1, %zmm1", "addl %ecx, %edx")
+    assert not cv.judge("k", "uint8", "k", scalar.splitlines(), [lane]).vectorized
 
 
 def test_loc_of_other_files_is_ignored(cv):

@@ -473,7 +473,13 @@ def check_all(arch: str | None = None) -> list[Verdict]:
     kernels = _kernels()
     verdicts = []
     for kernel, dtype, holder, args, note in cases():
-        asm = "\n".join(compile_fresh(kernel, args, holder).inspect_asm().values())
+        try:
+            asm = "\n".join(compile_fresh(kernel, args, holder).inspect_asm().values())
+        except Exception as exc:  # a kernel renamed or its signature changed: the cases must follow
+            why = (str(exc).strip().splitlines() or [""])[0]
+            raise SystemExit(f"check_vectorization: cannot compile {kernel} ({dtype}) for the accumulator's "
+                             f"argument types ({type(exc).__name__}: {why}); update cases() in "
+                             f"benchmarks/check_vectorization.py to the kernel's signature") from exc
         funcs = functions(asm)
         symbol = kernel_symbol(list(funcs), holder)
         py = getattr(kernels, holder).py_func

@@ -49,7 +49,7 @@ class _Skip:
         self.entered: np.ndarray | None = None
         self.flags: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-__all__ = ["StatsAccumulator", "compute_stats"]
+__all__ = ["StatsAccumulator", "compute_stats", "update_with_mask", "check_mask_key"]
 
 NAN_POLICIES = {"raise": K.POLICY_RAISE, "omit": K.POLICY_OMIT, "propagate": K.POLICY_PROPAGATE}
 INT_KIND = "int"
@@ -1085,10 +1085,43 @@ class StatsAccumulator:
                 f"n_batches={self._n_batches}, n_features={self._n_features}, dtype={self._dtype})")
 
 
+def check_mask_key(key: Key, mask_key: Key) -> None:
+    """Refuse a ``mask_key`` that cannot pick a mask out of the same batches as ``key``."""
+    if mask_key is None:
+        return
+    if isinstance(mask_key, bool) or not isinstance(mask_key, (int, str)):
+        raise StreamnormError(f"mask_key must be an int (tuple/list batches) or a str (dict batches), got {mask_key!r}")
+    if key is None:
+        raise StreamnormError(
+            f"mask_key={mask_key!r} picks the mask out of tuple or dict batches, so key= must pick the data "
+            f"out of them too (e.g. key=0, mask_key=2 for (images, labels, masks) batches)"
+        )
+    if key == mask_key:
+        raise StreamnormError(f"key and mask_key are both {key!r}; the mask must be another element of the batch")
+
+
+def update_with_mask(acc: Any, item: Any, key: Key, mask_key: Key) -> None:
+    """``acc.update`` with the element at ``key`` of ``item`` and, given ``mask_key``, its mask.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> acc = sn.StatsAccumulator("NF")
+    >>> update_with_mask(acc, {"x": np.array([[1.0], [9.0]]), "m": np.array([[True], [False]])}, "x", "m")
+    >>> acc.result().mean.tolist(), acc.result().masked_count.tolist()
+    ([1.0], [1])
+    """
+    if mask_key is None:
+        acc.update(pick(item, key))
+    else:
+        acc.update(pick(item, key), mask=pick(item, mask_key))
+
+
 def compute_stats(
     source: Iterable[Any] | np.ndarray,
     layout: str = "NCHW",
     key: Key = None,
+    mask_key: Key = None,
     **acc_kwargs: Any,
 ) -> Stats:
     """Statistics of every batch of ``source``, in one pass.
@@ -1104,8 +1137,13 @@ def compute_stats(
         See :class:`StatsAccumulator`.
     key : int or str, optional
         The element of tuple/list (int) or dict (str) batches to reduce.
+    mask_key : int or str, optional
+        The element of the same batches holding each batch's mask (bool,
+        broadcastable to the data; False skips a value, see
+        :meth:`StatsAccumulator.update`).
     **acc_kwargs
-        ``feature_names``, ``histogram``, ``nan_policy``, ``threads``.
+        ``feature_names``, ``histogram``, ``nan_policy``, ``threads``,
+        ``ignore_value``.
 
     Examples
     --------
@@ -1114,7 +1152,15 @@ def compute_stats(
     >>> labels = np.zeros(8, np.int64)
     >>> sn.compute_stats([(images, labels)], layout="NCHW", key=0).mean.tolist()
     [7.0, 7.0, 7.0]
+
+    Padded images with their masks, and a nodata value:
+
+    >>> masks = np.zeros((8, 1, 4, 4), bool); masks[:, :, :2] = True
+    >>> s = sn.compute_stats([(images, masks)], layout="NCHW", key=0, mask_key=1, ignore_value=0)
+    >>> s.count.tolist(), s.masked_count.tolist()
+    ([64, 64, 64], [64, 64, 64])
     """
+    check_mask_key(key, mask_key)
     acc = StatsAccumulator(layout=layout, **acc_kwargs)
     if isinstance(source, np.ndarray) or (
         type(source).__module__.startswith("torch") and hasattr(source, "detach")
@@ -1126,5 +1172,5 @@ def compute_stats(
             f"DataLoader, a generator) or one numpy array or torch tensor"
         )
     for batch in source:
-        acc.update(pick(batch, key))
+        update_with_mask(acc, batch, key, mask_key)
     return acc.result()

@@ -540,10 +540,12 @@ class Shard:
         nan_policy: str = "raise",
         skip_bad: bool = False,
         read_threads: bool = True,
+        ignore_value: float | int | None = None,
     ) -> ShardResult:
         """Reduce the shard to its partial statistics.
 
-        ``read_threads`` lets pyarrow decode a row group's columns on its
+        ``ignore_value`` is skipped wherever it occurs (a nodata value; see
+        :class:`~streamnorm.StatsAccumulator`). ``read_threads`` lets pyarrow decode a row group's columns on its
         thread pool; turn it off when shards already run in parallel (one
         shard per core is cheaper than every shard on every core).
 
@@ -551,14 +553,15 @@ class Shard:
         as the same :class:`~streamnorm.StreamnormError` subclass with the
         shard's file and range prepended.
         """
+        acc_options = {"histogram": histogram, "nan_policy": nan_policy, "ignore_value": ignore_value}
         try:
             if self.kind == "parquet" and self.options.image_column is None:
                 if self.options.tensor_shape:
-                    return self._compute_tensor(histogram, nan_policy, read_threads)
-                return self._compute_table(histogram, nan_policy, read_threads)
+                    return self._compute_tensor(acc_options, read_threads)
+                return self._compute_table(acc_options, read_threads)
             if self.kind == "npy":
-                return self._compute_npy(histogram, nan_policy)
-            return self._compute_images(histogram, nan_policy, skip_bad)
+                return self._compute_npy(acc_options)
+            return self._compute_images(acc_options, skip_bad)
         except (SourceError, NonFiniteError) as exc:
             if isinstance(exc, SourceError) or self.where in str(exc):
                 raise
@@ -623,8 +626,8 @@ class Shard:
         finally:
             pf.close()
 
-    def _compute_table(self, histogram: bool, nan_policy: str, read_threads: bool) -> ShardResult:
-        reducer = _TableReducer(self.options.columns, histogram, nan_policy, self.where)
+    def _compute_table(self, acc_options: dict[str, Any], read_threads: bool) -> ShardResult:
+        reducer = _TableReducer(self.options.columns, acc_options, self.where)
         for columns in self._table_batches(read_threads=read_threads):
             reducer.update(columns)
         return ShardResult(self.id, reducer.result(), reducer.rows, self.nbytes)
@@ -668,12 +671,12 @@ class Shard:
             return full.reshape((len(valid), *shape)), 0
         return values.reshape((n_rows, *shape)), dropped
 
-    def _compute_tensor(self, histogram: bool, nan_policy: str, read_threads: bool) -> ShardResult:
+    def _compute_tensor(self, acc_options: dict[str, Any], read_threads: bool) -> ShardResult:
         from .accumulate import StatsAccumulator
 
+        nan_policy = acc_options["nan_policy"]
         acc = StatsAccumulator(layout=self.options.layout,
-                               feature_names=self.options.feature_names,
-                               histogram=histogram, nan_policy=nan_policy)
+                               feature_names=self.options.feature_names, **acc_options)
         rows = 0
         dropped = 0
         seen = False
@@ -742,11 +745,10 @@ class Shard:
                         raise
                     skipped.append((exc.where, exc.reason))
 
-    def _compute_images(self, histogram: bool, nan_policy: str, skip_bad: bool) -> ShardResult:
+    def _compute_images(self, acc_options: dict[str, Any], skip_bad: bool) -> ShardResult:
         from .accumulate import StatsAccumulator
 
-        acc = StatsAccumulator(layout="NHWC", feature_names=self.options.feature_names,
-                               histogram=histogram, nan_policy=nan_policy)
+        acc = StatsAccumulator(layout="NHWC", feature_names=self.options.feature_names, **acc_options)
         skipped: list[tuple[str, str]] = []
         n = 0
         pending: list[np.ndarray] = []
@@ -802,12 +804,11 @@ class Shard:
                 buf = f.read((hi - lo) * row_bytes)
                 yield np.frombuffer(buf, dtype=dtype).reshape((hi - lo, *shape[1:]))
 
-    def _compute_npy(self, histogram: bool, nan_policy: str) -> ShardResult:
+    def _compute_npy(self, acc_options: dict[str, Any]) -> ShardResult:
         from .accumulate import StatsAccumulator
 
         acc = StatsAccumulator(layout=self.options.layout,
-                               feature_names=self.options.feature_names,
-                               histogram=histogram, nan_policy=nan_policy)
+                               feature_names=self.options.feature_names, **acc_options)
         rows = 0
         for chunk in self._npy_batches():
             acc.update(chunk)
@@ -827,11 +828,11 @@ class _TableReducer:
     column by column and merged exactly.
     """
 
-    def __init__(self, names: Sequence[str], histogram: bool, nan_policy: str,
-                 where: str) -> None:
+    def __init__(self, names: Sequence[str], acc_options: dict[str, Any], where: str) -> None:
         self.names = tuple(names)
-        self.histogram = histogram
-        self.nan_policy = nan_policy
+        self.acc_options = acc_options
+        self.histogram = acc_options["histogram"]
+        self.nan_policy = acc_options["nan_policy"]
         self.where = where
         self.rows = 0
         self.groups: dict[np.dtype, list[int]] | None = None
@@ -861,8 +862,7 @@ class _TableReducer:
 
         assert self.groups is not None
         names = [self.names[j] for j in self.groups[dtype]]
-        return StatsAccumulator(layout="FN", feature_names=names, histogram=self.histogram,
-                                nan_policy=self.nan_policy)
+        return StatsAccumulator(layout="FN", feature_names=names, **self.acc_options)
 
     def update(self, columns: Sequence[Any]) -> None:
         n = len(columns[0]) if columns else 0
@@ -898,8 +898,7 @@ class _TableReducer:
     def _single(self, name: str, values: np.ndarray) -> Stats:
         from .accumulate import StatsAccumulator
 
-        acc = StatsAccumulator(layout="FN", feature_names=[name], histogram=self.histogram,
-                               nan_policy=self.nan_policy)
+        acc = StatsAccumulator(layout="FN", feature_names=[name], **self.acc_options)
         return acc.update(values.reshape(1, -1)).result()
 
     def result(self) -> tuple[Stats, ...]:

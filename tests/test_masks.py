@@ -266,3 +266,25 @@ def test_an_all_masked_batch_gives_count_zero_and_nan_moments():
         s = sn.StatsAccumulator("NF").update(np.ones((3, 2), dtype), mask=np.zeros((3, 2), bool)).result()
         assert s.count.tolist() == [0, 0] and s.masked_count.tolist() == [3, 3]
         assert np.isnan(s.mean).all() and np.isnan(s.min).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_masked_float_planes_match_the_kept_values_and_nodata_never_becomes_the_shift(dtype, threads):
+    rng = np.random.default_rng(9)
+    x = (rng.normal(size=(40, 3, 37, 41)) * 1e-3 + 1e6).astype(dtype)  # offset data: needs a good shift
+    mask = rng.random((40, 1, 37, 41)) < 0.7
+    x[np.broadcast_to(~mask, x.shape)] = -3.4e38  # nodata far from the data, at the start too
+    x[0, :, 0, 0] = -3.4e38
+    mask[0, 0, 0, 0] = False
+    s = sn.StatsAccumulator("NCHW", threads=threads).update(x, mask=mask).result()
+    full = np.broadcast_to(mask, x.shape)
+    for c in range(3):
+        kept = x[:, c][full[:, c]].astype(np.float64)
+        vals = [Fraction(float(v)) for v in kept]
+        mean = sum(vals) / len(vals)
+        m2 = sum((v - mean) ** 2 for v in vals)
+        assert s.count[c] == kept.size and s.masked_count[c] == full[:, c].size - kept.size
+        assert abs(Fraction(float(s.mean[c])) - mean) <= abs(mean) * Fraction(1, 10**15)
+        assert abs(Fraction(float(s.m2[c])) - m2) <= m2 * Fraction(1, 10**9)
+        assert s.min[c] == kept.min() and s.max[c] == kept.max()

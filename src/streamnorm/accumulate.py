@@ -32,23 +32,6 @@ from .errors import DTypeError, IncompatibleStatsError, LayoutError, NonFiniteEr
 from .layout import as_reduction_view, parse_layout
 from .stats import HISTOGRAM_BINS, Stats, chan_merge, exact_moments_array
 
-
-class _Skip:
-    """What the masked values of one batch (already replaced by a neutral value) touched.
-
-    ``masked``: per-feature count of skipped values. Integer batches: ``lo``
-    and ``hi``, the extremes of the kept values (the neutral 0 may not be
-    one). Float batches: ``entered`` (kept non-finite values that enter under
-    ``nan_policy="propagate"``) and the kept NaN/+inf/-inf flags.
-    """
-
-    def __init__(self, masked: np.ndarray) -> None:
-        self.masked = masked
-        self.lo: np.ndarray | None = None
-        self.hi: np.ndarray | None = None
-        self.entered: np.ndarray | None = None
-        self.flags: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
 __all__ = ["StatsAccumulator", "compute_stats", "update_with_mask", "check_mask_key"]
 
 NAN_POLICIES = {"raise": K.POLICY_RAISE, "omit": K.POLICY_OMIT, "propagate": K.POLICY_PROPAGATE}
@@ -80,6 +63,27 @@ _INT_KERNELS = {
 
 
 BFLOAT16 = "bfloat16"
+
+
+class _Skip:
+    """What the skipped values of one batch touched, per feature.
+
+    ``masked``: the count of skipped values. Integer batches (skipped values
+    replaced by 0): ``lo`` and ``hi``, the extremes of the kept values (0 may
+    not be one). Float batches: ``keep``, the uint8 keep view that the masked
+    float kernels read; or, on the NaN path (some kept value is non-finite),
+    ``keep`` None, the NaN stand-ins counted in the kernels' non-finite count,
+    and ``entered``/``flags`` (kept non-finite values that enter under
+    ``nan_policy="propagate"``, and whether they hold NaN, +inf, -inf).
+    """
+
+    def __init__(self, masked: np.ndarray) -> None:
+        self.masked = masked
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+        self.keep: np.ndarray | None = None
+        self.entered: np.ndarray | None = None
+        self.flags: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def _as_array(batch: Any, index: int) -> tuple[np.ndarray, str | None]:
@@ -191,7 +195,8 @@ def _propagated(skip: _Skip, count: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     ``propagate`` the kept non-finite values also enter ``count`` and mark
     min/max as the kernels' propagate path does (NaN: NaN; an infinity: itself).
     """
-    nonfinite = nonfinite - skip.masked
+    if skip.keep is None:  # the NaN path counted its NaN stand-ins as non-finite
+        nonfinite = nonfinite - skip.masked
     if skip.entered is None:
         return count, lo, hi, nonfinite
     nan, pos, neg = skip.flags
@@ -287,11 +292,12 @@ class StatsAccumulator:
 
     Skipping values (``ignore_value``, ``update(batch, mask=...)``, masked
     arrays) keeps these guarantees: the statistics equal those of the kept
-    values alone, bit for bit for integers. Skipped values are replaced by a
-    neutral value (0, or NaN on the float omit path) and the counts, extremes
-    and histogram bins it touched are corrected exactly, so masked batches run
-    the same kernels; they cost about 2-4x an unmasked batch (a copy and a few
-    passes of numpy over the batch and the mask).
+    values alone, bit for bit for integers. Integer batches are reduced with
+    skipped values replaced by 0 (the counts, extremes and histogram bins that
+    touches are corrected exactly); float batches by masked twins of the float
+    kernels (see :mod:`streamnorm._masked_kernels`). A masked batch costs
+    about 2-6x an unmasked one (the keep array is built at the batch's size
+    and read alongside it).
 
     Examples
     --------
@@ -500,23 +506,28 @@ class StatsAccumulator:
         ``nan_policy``, so a NaN the caller masked never raises.
         """
         n_feat = view.shape[1]
-        out = np.empty(view.shape, view.dtype)
         skip = _Skip(np.zeros(n_feat, np.int64))
+        out = np.empty(view.shape, view.dtype)
         if kind == INT_KIND:
             skip.lo = np.full(n_feat, np.iinfo(np.int64).max)
             skip.hi = np.full(n_feat, np.iinfo(np.int64).min)
             MK.neutralize_int(view, kept, out, skip.masked, skip.lo, skip.hi)
             return out, skip
         entered = np.zeros(n_feat, np.int64)
-        flags = tuple(np.zeros(n_feat, np.uint8) for _ in range(3))
-        MK.neutralize_float(view, kept, out, skip.masked, entered, *flags)
-        if entered.any() and self._nan_policy == "raise":
+        MK.scan_float(view, kept, skip.masked, entered)
+        if not entered.any():  # the usual case: the masked float kernels read the batch as it is
+            skip.keep = kept
+            return view, skip
+        if self._nan_policy == "raise":
             raise NonFiniteError(
                 f"batch {index}: feature {self._name(int(np.argmax(entered > 0)))} has a non-finite value "
                 f"(NaN or inf) that the mask keeps; clean the data, or pass nan_policy='omit' to skip such "
                 f"values (they are counted in nan_count) or nan_policy='propagate' to let them through"
             )
-        if entered.any() and self._nan_policy == "propagate":
+        skip.masked[:] = 0
+        flags = tuple(np.zeros(n_feat, np.uint8) for _ in range(3))
+        MK.neutralize_float(view, kept, out, skip.masked, np.zeros(n_feat, np.int64), *flags)
+        if self._nan_policy == "propagate":
             skip.entered = entered
             skip.flags = tuple(flag.astype(bool) for flag in flags)
         return out, skip
@@ -592,13 +603,15 @@ class StatsAccumulator:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="streamnorm")
         return list(self._pool.map(worker, tasks))
 
-    def _parts(self, view: np.ndarray) -> list[np.ndarray]:
+    def _parts(self, view: np.ndarray, keep: np.ndarray | None = None) -> list[Any]:
+        """``view`` split by rows for the threads; with ``keep``, ``(view, keep)`` pairs split alike."""
         parts = 1
         if self._threads > 1 and view.nbytes >= MIN_PARALLEL_BYTES:
             parts = min(self._threads, view.shape[0])
-        if parts == 1:
-            return [view]
-        return [view[a:b] for a, b in _split_rows(view.shape[0], parts)]
+        bounds = [(0, view.shape[0])] if parts == 1 else _split_rows(view.shape[0], parts)
+        if keep is None:
+            return [view] if parts == 1 else [view[a:b] for a, b in bounds]
+        return [(view[a:b], keep[a:b]) for a, b in bounds]
 
     # integers ---------------------------------------------------------
     def _update_int(self, view: np.ndarray, dtype: np.dtype, skip: _Skip | None = None) -> None:
@@ -712,11 +725,15 @@ class StatsAccumulator:
         a = self._arrays
         shift = a["shift"].copy()
         has_shift = a["has_shift"].copy()
+        keep = None if skip is None else skip.keep
         if not has_shift.all():
-            K.first_finite(view, shift, has_shift)
-        # masked: the skipped values are NaNs, omitted; kept non-finite ones are settled after
+            if keep is None:
+                K.first_finite(view, shift, has_shift)
+            else:
+                MK.first_kept_finite(view, keep, shift, has_shift)
+        # NaN path of a mask: the skipped values are NaNs, omitted; kept non-finite ones are settled after
         policy = NAN_POLICIES["omit" if skip is not None else self._nan_policy]
-        parts = self._parts(view)
+        parts = self._parts(view) if keep is None else self._parts(view, keep)
         results = self._run(parts, lambda x: self._float_task(x, shift, policy))
         for *_, bad in results:
             if bad >= 0:
@@ -746,15 +763,16 @@ class StatsAccumulator:
                  nan_count=nonfinite, shift=shift, has_shift=has_shift)
 
     @staticmethod
-    def _float_task(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
-        """Moments of one part about ``shift``, safe up to the largest float64.
+    def _float_task(part: Any, shift: np.ndarray, policy: int) -> tuple:
+        """Moments of one part (an array, or ``(array, keep)``) about ``shift``, safe up to the largest float64.
 
         Features where some ``|x - shift|`` reaches ``HUGE`` are reduced
         again, scaled by ``2**-SCALE_BITS`` (exact), so that no sum or
         difference overflows unless the true result does; min and max stay
         unscaled.
         """
-        out = list(StatsAccumulator._float_kernels(x, shift, policy))
+        x, keep = part if isinstance(part, tuple) else (part, None)
+        out = list(StatsAccumulator._float_kernels(x, shift, policy, keep))
         lo, hi, bad = out[4], out[5], out[6]
         if bad >= 0 or x.dtype.itemsize < 8 or max(-lo.min(), hi.max(), np.abs(shift).max()) < HUGE / 2:
             return tuple(out)  # no |x - shift| reaches HUGE (a NaN fails the test: look closer)
@@ -766,7 +784,8 @@ class StatsAccumulator:
         down = 2.0 ** -SCALE_BITS
         scaled = np.ascontiguousarray(x[:, huge, :], dtype=np.float64) * down
         k = shift[huge] * down
-        n, nf, mean, m2, slo, shi, _ = StatsAccumulator._float_kernels(scaled, k, policy)
+        sub_keep = None if keep is None else np.ascontiguousarray(keep[:, huge, :])
+        n, nf, mean, m2, slo, shi, _ = StatsAccumulator._float_kernels(scaled, k, policy, sub_keep)
         mean = np.clip(mean, slo - k, shi - k)  # a rounded mean may not leave [min, max]
         with np.errstate(over="ignore"):
             out[2][huge] = mean * 2.0 ** SCALE_BITS
@@ -775,32 +794,46 @@ class StatsAccumulator:
         return tuple(out)
 
     @staticmethod
-    def _float_kernels(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
+    def _float_kernels(x: np.ndarray, shift: np.ndarray, policy: int, keep: np.ndarray | None = None) -> tuple:
+        """``(n, nonfinite, mean, m2, min, max, bad)`` of ``x``; of its kept values when ``keep`` is given."""
         n_outer, n_feat, n_inner = x.shape
 
         def fresh(width: int) -> list[np.ndarray]:
             return [np.zeros(width), np.zeros(width, np.int64), np.zeros(width), np.zeros(width),
                     np.full(width, np.inf), np.full(width, -np.inf)]
 
+        def cols(values: np.ndarray, kept: np.ndarray | None, k: np.ndarray, out: list[np.ndarray]) -> int:
+            if kept is None:
+                return K.float_cols(values, k, *out, policy)
+            n, _, mean, m2, lo, hi = out  # (no kept value is non-finite here)
+            MK.masked_float_cols(values, kept, k, n, mean, m2, lo, hi)
+            return -1
+
         if n_inner > 1:
             out = fresh(n_feat)
-            bad = K.float_planes(x, shift, *out, policy)
+            if keep is None:
+                bad = K.float_planes(x, shift, *out, policy)
+            else:
+                n, _, mean, m2, lo, hi = out
+                MK.masked_float_planes(x, keep, shift, n, mean, m2, lo, hi)
+                bad = -1
             return (*out, bad)
         x2 = x[:, :, 0]
+        keep2 = None if keep is None else keep[:, :, 0]
         k = _grouping(n_outer, n_feat, 8)
         main = (n_outer // k) * k if k > 1 else 0
         bad = -1
         if main:
             lanes = fresh(k * n_feat)
-            bad = K.float_cols(x2[:main].reshape(main // k, k * n_feat), np.tile(shift, k),
-                               *lanes, policy)
+            grouped = None if keep2 is None else keep2[:main].reshape(main // k, k * n_feat)
+            bad = cols(x2[:main].reshape(main // k, k * n_feat), grouped, np.tile(shift, k), lanes)
             if bad >= 0:
                 return (*[lane[:n_feat] for lane in lanes], bad % n_feat)
             out = list(K.fold_float_lanes(*lanes, n_feat))
         else:
             out = fresh(n_feat)
         if main < n_outer:
-            bad = K.float_cols(x2[main:], shift, *out, policy)
+            bad = cols(x2[main:], None if keep2 is None else keep2[main:], shift, out)
         return (*out, bad)
 
     def _name(self, feature: int) -> str:

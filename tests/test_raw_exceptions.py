@@ -37,12 +37,12 @@ def test_load_state_dict_refuses_non_dicts(state):
         acc.load_state_dict(state)
 
 
-def test_masked_arrays_with_masked_values_are_refused_and_unmasked_ones_read():
+def test_masked_arrays_skip_their_masked_values_and_unmasked_ones_read():
     x = np.ma.masked_array([[1.0, 2.0], [3.0, 99.0]], mask=[[False, False], [False, True]])
     acc = sn.StatsAccumulator("NF")
-    with pytest.raises(sn.StreamnormError, match=r"batch 0 is a masked array with 1 masked value.*compressed"):
-        acc.update(x)
-    assert acc.n_batches == 0
+    s = acc.update(x).result()
+    assert s.mean.tolist() == [2.0, 2.0] and s.masked_count.tolist() == [0, 1] and s.count.tolist() == [2, 1]
+    acc = sn.StatsAccumulator("NF")
     clear = np.ma.masked_array([[1.0, 2.0], [3.0, 4.0]], mask=False)
     assert acc.update(clear).result().mean.tolist() == [2.0, 3.0]
     t = np.ma.masked_array(np.arange(4, dtype=np.uint8))

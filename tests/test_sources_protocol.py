@@ -104,10 +104,11 @@ class TextFormat(Format):
         yield np.array(rows, dtype=np.int32).reshape(-1, 2)
 
     def reduce(self, shard: Shard, histogram: bool, nan_policy: str, skip_bad: bool,
-               read_threads: bool) -> ShardResult:
+               read_threads: bool, ignore_value=None) -> ShardResult:
         from streamnorm import StatsAccumulator
 
-        acc = StatsAccumulator(layout="NF", feature_names=["a", "b"], nan_policy=nan_policy)
+        acc = StatsAccumulator(layout="NF", feature_names=["a", "b"], nan_policy=nan_policy,
+                               ignore_value=ignore_value)
         rows = 0
         for batch in self.batches(shard, skip_bad):
             acc.update(batch)

@@ -37,7 +37,7 @@ def _expected(version):
 
 @pytest.mark.parametrize("version, splits", [
     (1, ["float32", "int16", "uint8-hist"]),
-    (2, ["float32", "float64-offset", "int16", "uint8-hist"]),
+    (2, ["float32", "float64-offset", "int16", "uint8-hist", "uint8-masked"]),
 ])
 def test_fixture_store_lists_its_splits(version, splits):
     assert sn.StatsStore(STORES[version]).splits() == sorted(_expected(version)) == splits
@@ -45,7 +45,7 @@ def test_fixture_store_lists_its_splits(version, splits):
 
 @pytest.mark.parametrize("version, split", [
     (1, "uint8-hist"), (1, "float32"), (1, "int16"),
-    (2, "uint8-hist"), (2, "float32"), (2, "int16"), (2, "float64-offset"),
+    (2, "uint8-hist"), (2, "float32"), (2, "int16"), (2, "float64-offset"), (2, "uint8-masked"),
 ])
 def test_fixture_loads_to_exact_expected_values(version, split):
     store = sn.StatsStore(STORES[version])
@@ -55,6 +55,8 @@ def test_fixture_loads_to_exact_expected_values(version, split):
         e["layout"], e["dtype"], e["feature_names"])
     assert stats.count.tolist() == e["count"]
     assert stats.nan_count.tolist() == e["nan_count"]
+    # format 1 has no masked_count: it loads as zeros
+    assert stats.masked_count.tolist() == e.get("masked_count", [0] * stats.n_features)
     for field in ("mean", "m2", "min", "max"):
         assert getattr(stats, field).tobytes() == _floats(e[field]).tobytes(), field
     if version == 1:
@@ -125,3 +127,16 @@ def test_fixture_files_are_read_only_inputs(tmp_path, version):
         data = (copy / f"split={split}" / "stats.parquet").read_bytes()
         mem.fs.pipe_file(mem._file(split), data)
         assert mem.load(split).equals(sn.StatsStore(STORES[version]).load(split))
+
+
+def test_fixture_v2_masked_split_holds_the_kept_pixels_only():
+    stats = sn.StatsStore(STORES[2]).load("uint8-masked")
+    images = make_fixtures.uint8_images()
+    keep = np.broadcast_to(make_fixtures.padding_mask(), images.shape) & (images != 11)
+    for c in range(3):
+        kept = images[:, c][keep[:, c]]
+        ref = sn.compute_stats([kept], layout="N", histogram=True)
+        assert stats.count[c] == kept.size and stats.masked_count[c] == keep[:, c].size - kept.size
+        assert stats.histogram[c].tolist() == ref.histogram[0].tolist()
+        assert (stats.int_sum[c], stats.int_sumsq[c]) == (ref.int_sum[0], ref.int_sumsq[0])
+    assert stats.masked_count.min() > 0

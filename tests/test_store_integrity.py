@@ -177,7 +177,8 @@ def test_checksum_follows_its_documented_definition(make):
         ends.append(ends[-1] + len(name))
     h.update(struct.pack("<q", len(names)) + struct.pack(f"<{len(ends)}q", *ends)
              + b"".join(names))
-    for column, fmt in [("count", "<i8"), ("nan_count", "<i8"), ("mean", "<f8"), ("m2", "<f8"),
+    for column, fmt in [("count", "<i8"), ("nan_count", "<i8"), ("masked_count", "<i8"),
+                        ("mean", "<f8"), ("m2", "<f8"),
                         ("min", "<f8"), ("max", "<f8"), ("shift", "<f8"),
                         ("shifted_mean", "<f8")]:
         h.update(np.array(table.column(column).to_pylist(), dtype=fmt).tobytes())

@@ -60,6 +60,11 @@ class AffineMap:
         given range): a bound; inputs the compute dtype holds exactly stay
         at or below its rounding down, so the scale need not shrink to the
         rounding up (see :meth:`params`).
+    clip : (float, float), optional
+        The output is clamped to ``[low, high]`` (``mode="quantile",
+        clip=True``: ``(-1, 1)``); NaN stays NaN. The inverse map does not
+        clip: values inside the interval go back exactly (to rounding), values
+        clipped to a bound go back to that bound's preimage.
 
     Examples
     --------
@@ -78,12 +83,18 @@ class AffineMap:
     upper: np.ndarray | None = None
     width: float | None = None
     upper_is_bound: bool = False
+    clip: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("center", "scale", "offset", "center_lo", "upper"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         if (self.upper is None) != (self.width is None):
             raise ValueError("upper and width go together")
+        if self.clip is not None:
+            low, high = (float(v) for v in self.clip)
+            if not low < high:
+                raise ValueError(f"clip needs low < high, got {self.clip}")
+            object.__setattr__(self, "clip", (low, high))
 
     @property
     def size(self) -> int:
@@ -98,7 +109,7 @@ class AffineMap:
         return self.scale, shift
 
     def inverse(self) -> AffineMap:
-        """``x = (y - offset) / scale + center``, the same form again."""
+        """``x = (y - offset) / scale + center``, the same form again (never clipped)."""
         return AffineMap(self.offset, 1.0 / self.scale, self.center)
 
     def params(
@@ -197,10 +208,14 @@ def evaluate(
     out_dtype: torch.dtype,
     compute: torch.dtype,
     out: torch.Tensor | None = None,
+    clip: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """``(x - center) * scale + offset`` computed in ``compute``, rounded once to ``out_dtype``.
 
-    ``center``/``offset`` of ``None`` are zero and skipped. The parameters are
+    ``center``/``offset`` of ``None`` are zero and skipped. ``clip``:
+    the result is clamped to ``[low, high]`` in ``out_dtype`` (bounds such as
+    -1 and 1 that every float dtype holds exactly; rounding to ``out_dtype``
+    is monotone, so clamping after it is clamping before it). The parameters are
     ``compute`` tensors already shaped to broadcast against ``x`` with at
     least its rank, so that type promotion gives ``compute`` whatever ``x``'s
     dtype. The arithmetic is the same on every device; only its fusion differs.
@@ -211,6 +226,8 @@ def evaluate(
     >>> c, s, o = (torch.tensor([v], dtype=torch.float64) for v in (10.0, 0.5, -1.0))
     >>> evaluate(torch.tensor([10, 14]), c, s, o, torch.float32, torch.float64).tolist()
     [-1.0, 1.0]
+    >>> evaluate(torch.tensor([6, 20]), c, s, o, torch.float32, torch.float64, clip=(-1.0, 1.0)).tolist()
+    [-1.0, 1.0]
     """
     if x.requires_grad and torch.is_grad_enabled() and out is None:
         # out= does not record autograd; a decoder's output keeps its graph.
@@ -218,9 +235,10 @@ def evaluate(
         y = y if center is None else y - center
         y = y * scale
         y = y if offset is None else y + offset
-        return y.to(out_dtype)
+        y = y.to(out_dtype)
+        return y if clip is None else y.clamp(*clip)
     if not _fuses(x.device):
-        return _evaluate_in_cache(x, center, scale, offset, out_dtype, compute, out)
+        return _evaluate_in_cache(x, center, scale, offset, out_dtype, compute, out, clip)
     # On accelerators x is read once in its own dtype and the result written
     # once in out_dtype, in x's memory format.
     if out is None:
@@ -230,8 +248,10 @@ def evaluate(
         tmp = out if out.dtype == compute else torch.empty_like(x, dtype=compute)
         torch.sub(x, center, out=tmp)
     if offset is None:
-        return torch.mul(tmp, scale, out=out)
-    return torch.addcmul(offset, tmp, scale, out=out)
+        torch.mul(tmp, scale, out=out)
+    else:
+        torch.addcmul(offset, tmp, scale, out=out)
+    return out if clip is None else out.clamp_(*clip)
 
 
 def _evaluate_in_cache(
@@ -242,6 +262,7 @@ def _evaluate_in_cache(
     out_dtype: torch.dtype,
     compute: torch.dtype,
     out: torch.Tensor | None,
+    clip: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """The CPU evaluation: convert, then in-place passes over cache-sized slabs.
 
@@ -270,6 +291,8 @@ def _evaluate_in_cache(
             tmp.add_(pv[2])
         if tmp is not rs:
             rs.copy_(tmp)
+        if clip is not None:
+            rs.clamp_(*clip)
     return result
 
 

@@ -9,7 +9,13 @@ zscore     mean             1 / std              0
 minmax     min              1 / (max - min)      0
 symmetric  min              2 / (max - min)      -1
 robust     median           1 / IQR              0
+quantile   quantile q_lo    2 / (q_hi - q_lo)    -1
 ========== ================ ==================== ========
+
+``robust`` and ``quantile`` read the statistics' distribution through
+:meth:`Stats.quantile`, so they work for every dtype whose statistics carry
+one (``histogram=True``). ``quantile`` maps the low quantile to -1 and the
+high one to +1 and may clamp its output to [-1, 1] (``clip=True``).
 
 Constant features get a unit of 1, as in scikit-learn. Statistics that cannot
 describe a feature (a NaN, infinite or negative variance, a non-finite mean,
@@ -29,7 +35,7 @@ from ._affine import AffineMap
 from .errors import StreamnormError
 from .stats import Stats
 
-__all__ = ["RANGE_MODES", "known_range", "mean_std", "range_map", "robust", "zscore"]
+__all__ = ["RANGE_MODES", "known_range", "mean_std", "quantile_map", "range_map", "robust", "zscore"]
 
 #: Target interval of each range mode.
 RANGE_MODES = {"minmax": (0.0, 1.0), "symmetric": (-1.0, 1.0)}
@@ -134,19 +140,69 @@ def _range(low: np.ndarray, high: np.ndarray, mode: str, refuse, *, given: bool)
                      upper_is_bound=given)
 
 
-def robust(stats: Stats) -> AffineMap:
-    """``(x - median) / IQR`` from the histogram; a zero IQR counts as 1."""
-    if stats.histogram is None:
+def _quantiles(stats: Stats, qs: list[float], mode: str, names: list[str]) -> list[np.ndarray]:
+    """``stats.quantile(qs)``, each checked finite; statistics without a distribution are refused."""
+    try:
+        values = stats.quantile(qs)
+    except StreamnormError as exc:  # (qs are valid: what fails is the missing distribution)
         raise StreamnormError(
-            "mode='robust' needs the median and IQR, which only the exact histogram "
-            "gives; accumulate 8-bit data with StatsAccumulator(..., histogram=True) "
-            "(or use mode='zscore' or 'minmax')"
-        )
-    q1, med, q3 = stats.quantile([0.25, 0.5, 0.75])
-    for q, name in ((q1, "first quartile"), (med, "median"), (q3, "third quartile")):
+            f"mode={mode!r} needs each feature's distribution (its quantiles), which these statistics "
+            f"do not carry; compute them with histogram=True (sn.compute_stats(..., histogram=True), "
+            f"StatsAccumulator(..., histogram=True), streamnorm compute --histogram), or use "
+            f"mode='zscore' or 'minmax' ({exc})"
+        ) from None
+    for q, name in zip(values, names):
         _check_finite(stats, q, name)
+    return list(values)
+
+
+def robust(stats: Stats) -> AffineMap:
+    """``(x - median) / IQR`` from the distribution; a zero IQR counts as 1."""
+    q1, med, q3 = _quantiles(stats, [0.25, 0.5, 0.75], "robust",
+                             ["first quartile", "median", "third quartile"])
     iqr = _unit(q3 - q1)
     return AffineMap(med, 1.0 / iqr, np.zeros_like(iqr))
+
+
+def check_quantiles(quantiles: object) -> tuple[float, float]:
+    """``(low, high)`` with ``0 <= low < high <= 1``, or a clear error.
+
+    Examples
+    --------
+    >>> check_quantiles((0.01, 0.99))
+    (0.01, 0.99)
+    """
+    try:
+        low, high = (float(q) for q in quantiles)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise StreamnormError(
+            f"quantiles must be two numbers (low, high) in [0, 1], e.g. (0.01, 0.99); got {quantiles!r}"
+        ) from None
+    if not 0.0 <= low < high <= 1.0:
+        raise StreamnormError(f"quantiles must satisfy 0 <= low < high <= 1, got {quantiles!r}")
+    return low, high
+
+
+def quantile_map(stats: Stats, quantiles: tuple[float, float], clip: bool) -> AffineMap:
+    """``[q_lo, q_hi] -> [-1, 1]``, clamped to [-1, 1] with ``clip``.
+
+    The quantiles play the part of a range's ends (``q_lo`` maps to -1
+    exactly, ``q_hi`` to at most +1 in every dtype); equal quantiles (a
+    feature constant between them) get a unit of 1, as ``symmetric`` does.
+    """
+    low, high = _quantiles(stats, list(quantiles), "quantile",
+                           [f"{q:g} quantile" for q in quantiles])
+    bounds = [f"[{a}, {b}]" for a, b in zip(low.tolist(), high.tolist())]
+
+    def refuse(bad: np.ndarray, span: np.ndarray) -> None:
+        _refuse(stats, bad, "the span between its quantiles overflows float64", "quantiles", bounds,
+                "rescale the data before normalizing it")
+
+    amap = _range(low, high, "symmetric", refuse, given=False)
+    if not clip:
+        return amap
+    return AffineMap(amap.center, amap.scale, amap.offset, upper=amap.upper, width=amap.width,
+                     clip=RANGE_MODES["symmetric"])
 
 
 def known_range(low: np.ndarray, high: np.ndarray, mode: str) -> AffineMap:

@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 
 from . import _kernels as K
+from . import _masked_kernels as MK
+from . import _masks
 from .batch import Key, pick
 from .errors import DTypeError, IncompatibleStatsError, LayoutError, NonFiniteError, StreamnormError
 from .layout import as_reduction_view, parse_layout
 from .stats import HISTOGRAM_BINS, Stats, chan_merge, exact_moments_array
 
-__all__ = ["StatsAccumulator", "compute_stats"]
+__all__ = ["StatsAccumulator", "compute_stats", "update_with_mask", "check_mask_key"]
 
 NAN_POLICIES = {"raise": K.POLICY_RAISE, "omit": K.POLICY_OMIT, "propagate": K.POLICY_PROPAGATE}
 INT_KIND = "int"
@@ -63,14 +65,36 @@ _INT_KERNELS = {
 BFLOAT16 = "bfloat16"
 
 
+class _Skip:
+    """What the skipped values of one batch touched, per feature.
+
+    ``masked``: the count of skipped values. Integer batches (skipped values
+    replaced by 0): ``lo`` and ``hi``, the extremes of the kept values (0 may
+    not be one). Float batches: ``keep``, the uint8 keep view that the masked
+    float kernels read; or, on the NaN path (some kept value is non-finite),
+    ``keep`` None, the NaN stand-ins counted in the kernels' non-finite count,
+    and ``entered``/``flags`` (kept non-finite values that enter under
+    ``nan_policy="propagate"``, and whether they hold NaN, +inf, -inf).
+    """
+
+    def __init__(self, masked: np.ndarray) -> None:
+        self.masked = masked
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+        self.keep: np.ndarray | None = None
+        self.entered: np.ndarray | None = None
+        self.flags: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
 def _as_array(batch: Any, index: int) -> tuple[np.ndarray, str | None]:
     """A native-byte-order numpy view of a batch, and its dtype name when numpy has none.
 
-    Every batch enters here, so byte order, ndarray subclasses and masks are
-    settled once for every caller (sources, nodes, the command line).
+    Every batch enters here, so byte order and ndarray subclasses are settled
+    once for every caller (sources, nodes, the command line); the mask of a
+    masked array is read by :func:`_batch_keep`.
     """
     if isinstance(batch, np.ndarray):
-        return _native(_plain(batch, index)), None
+        return _native(_plain(batch)), None
     if type(batch).__module__.startswith("torch") and hasattr(batch, "detach"):
         tensor = batch.detach()
         if tensor.device.type != "cpu":
@@ -98,16 +122,9 @@ def _as_array(batch: Any, index: int) -> tuple[np.ndarray, str | None]:
     )
 
 
-def _plain(batch: np.ndarray, index: int) -> np.ndarray:
+def _plain(batch: np.ndarray) -> np.ndarray:
     """A base-class ndarray: subclasses (matrix, memmap) reshape or index differently."""
     if isinstance(batch, np.ma.MaskedArray):
-        masked = int(np.count_nonzero(np.ma.getmaskarray(batch)))
-        if masked:
-            raise StreamnormError(
-                f"batch {index} is a masked array with {masked} masked value(s); streamnorm would "
-                f"count them: pass only the valid values instead (e.g. batch.compressed() with "
-                f"layout 'N', or the rows you keep)"
-            )
         return np.asarray(batch.data)
     return np.asarray(batch) if type(batch) is not np.ndarray else batch
 
@@ -157,6 +174,36 @@ def _nonfinite_moments(mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
         neg = ~nan & (lo == -np.inf)
     mean = np.where(nan, np.nan, np.where(pos, np.inf, np.where(neg, -np.inf, mean)))
     return mean, np.where(nan | pos | neg, np.nan, m2)
+
+
+def _keep_view(arr: np.ndarray, keep: np.ndarray, layout: Any) -> np.ndarray:
+    """``keep`` as the uint8 ``(outer, features, inner)`` view that matches ``arr``'s.
+
+    The keep array is laid out in memory as ``arr`` is (``empty_like`` keeps
+    the axis order), so :func:`as_reduction_view` permutes both alike.
+    """
+    full = np.empty_like(arr, dtype=np.bool_)
+    full[...] = keep
+    return as_reduction_view(full, layout).view(np.uint8)
+
+
+def _propagated(skip: _Skip, count: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                nonfinite: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Undo the NaNs that stood for skipped values; let kept non-finite values enter (propagate).
+
+    The omit path counted every NaN stand-in in ``nonfinite``; under
+    ``propagate`` the kept non-finite values also enter ``count`` and mark
+    min/max as the kernels' propagate path does (NaN: NaN; an infinity: itself).
+    """
+    if skip.keep is None:  # the NaN path counted its NaN stand-ins as non-finite
+        nonfinite = nonfinite - skip.masked
+    if skip.entered is None:
+        return count, lo, hi, nonfinite
+    nan, pos, neg = skip.flags
+    nan = nan | np.isnan(lo)
+    lo = np.where(nan, np.nan, np.where(neg, -np.inf, lo))
+    hi = np.where(nan, np.nan, np.where(pos, np.inf, hi))
+    return count + skip.entered, lo, hi, nonfinite
 
 
 def _too_wide(lo: np.ndarray, hi: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -227,6 +274,13 @@ class StatsAccumulator:
     threads : int, default 1
         Split large batches across this many threads running the ``nogil``
         kernels; partials are merged in a fixed order.
+    ignore_value : number, optional
+        Values equal to it (a raster's nodata, a padding value) are skipped
+        and counted in ``masked_count``, in neither ``count`` nor
+        ``nan_count``. It is compared as a value of each batch's dtype
+        (``0.1`` matches ``float32(0.1)`` in float32 batches); an integer
+        batch that cannot hold it (fractional, out of range) skips nothing.
+        NaN is refused: use ``nan_policy="omit"``.
 
     Notes
     -----
@@ -235,6 +289,15 @@ class StatsAccumulator:
     Float batches (and int64/uint64, exact only below 2**53) accumulate in
     float64 about each feature's first finite value with Chan's merge.
     Integer and float batches cannot be mixed in one accumulator.
+
+    Skipping values (``ignore_value``, ``update(batch, mask=...)``, masked
+    arrays) keeps these guarantees: the statistics equal those of the kept
+    values alone, bit for bit for integers. Integer batches are reduced with
+    skipped values replaced by 0 (the counts, extremes and histogram bins that
+    touches are corrected exactly); float batches by masked twins of the float
+    kernels (see :mod:`streamnorm._masked_kernels`). A masked batch costs
+    about 2-6x an unmasked one (the keep array is built at the batch's size
+    and read alongside it).
 
     Examples
     --------
@@ -249,7 +312,8 @@ class StatsAccumulator:
     """
 
     STATE_FORMAT = "streamnorm.StatsAccumulator"
-    STATE_VERSION = 1
+    # 2: masked_count (version-1 states load with zeros)
+    STATE_VERSION = 2
 
     def __init__(
         self,
@@ -258,6 +322,7 @@ class StatsAccumulator:
         histogram: bool = False,
         nan_policy: str = "raise",
         threads: int = 1,
+        ignore_value: float | int | bool | None = None,
     ) -> None:
         self._layout = parse_layout(layout)
         if feature_names is not None:
@@ -283,6 +348,7 @@ class StatsAccumulator:
             raise StreamnormError(f"threads must be an integer >= 1, got {threads!r}")
         self._threads = int(threads)
         self._histogram = bool(histogram)
+        self._ignore_value = _masks.check_ignore_value(ignore_value)
         self._pool: ThreadPoolExecutor | None = None
         self.reset()
 
@@ -298,6 +364,11 @@ class StatsAccumulator:
     @property
     def nan_policy(self) -> str:
         return self._nan_policy
+
+    @property
+    def ignore_value(self) -> float | int | bool | None:
+        """Value skipped wherever it occurs (counted in ``masked_count``), or None."""
+        return self._ignore_value
 
     @property
     def threads(self) -> int:
@@ -350,8 +421,17 @@ class StatsAccumulator:
         self._pending_values = 0
 
     # -- updating --------------------------------------------------------
-    def update(self, batch: Any) -> StatsAccumulator:
+    def update(self, batch: Any, mask: Any = None) -> StatsAccumulator:
         """Add one batch (numpy array or CPU torch tensor, any numeric dtype).
+
+        Parameters
+        ----------
+        batch : numpy array or CPU torch tensor
+            A numpy masked array is honoured: its masked values are skipped.
+        mask : bool numpy array or CPU torch tensor, optional
+            Broadcastable to ``batch`` by numpy's rules (e.g. ``(N, 1, H, W)``
+            for an NCHW batch of padded images); False skips that value, which
+            is counted in ``masked_count``.
 
         Returns
         -------
@@ -362,8 +442,8 @@ class StatsAccumulator:
         ------
         LayoutError, DTypeError, NonFiniteError, StreamnormError
             For a batch of the wrong rank, an unsupported dtype, a non-finite
-            value under ``nan_policy="raise"``, a masked array with masked
-            values, or a feature count or kind of dtype that differs from
+            (kept) value under ``nan_policy="raise"``, a mask that is not bool
+            or does not broadcast to the batch, or a feature count or kind of dtype that differs from
             earlier batches. The state is unchanged.
 
         Notes
@@ -374,10 +454,12 @@ class StatsAccumulator:
         """
         index = self._n_batches
         arr, name = _as_array(batch, index)
+        keep = _masks.batch_keep(batch, arr, mask, self._ignore_value, index)
         source_dtype = arr.dtype
         kind, arr = _classify(arr, index)
         try:
             view = as_reduction_view(arr, self._layout)
+            kept = None if keep is None else _keep_view(arr, keep, self._layout)
         except LayoutError as exc:
             raise LayoutError(f"batch {index} of shape {tuple(arr.shape)}: {exc}") from None
         n_feat = view.shape[1]
@@ -388,6 +470,9 @@ class StatsAccumulator:
             self._n_batches += 1
             return self
         self._check_dtype(kind, source_dtype, index, name)
+        skip = None
+        if kept is not None:
+            view, skip = self._neutralized(view, kept, kind, index)
         dtype = self._promoted(source_dtype)
         fresh = self._kind is None
         if fresh:
@@ -395,11 +480,13 @@ class StatsAccumulator:
             self._start(kind, n_feat)
         try:
             if kind == FLOAT_KIND:
-                self._update_float(view, index)
+                self._update_float(view, index, skip)
             elif self._histogram:
-                self._update_hist(view, dtype)
+                self._update_hist(view, dtype, skip)
             else:
-                self._update_int(view, arr.dtype)
+                self._update_int(view, arr.dtype, skip)
+            if skip is not None:
+                self._arrays["masked_count"] += skip.masked
         except BaseException:
             if fresh:  # a failed first batch leaves the accumulator as it was
                 self._kind, self._arrays = None, {}
@@ -410,6 +497,40 @@ class StatsAccumulator:
         self._bfloat16 = name == BFLOAT16 and self._bfloat16 is not False
         self._n_batches += 1
         return self
+
+    def _neutralized(self, view: np.ndarray, kept: np.ndarray, kind: str, index: int) -> tuple[np.ndarray, _Skip]:
+        """``view`` with skipped values replaced by a neutral value, and what to correct.
+
+        Integers: 0 (adds nothing to the exact sums); floats: NaN, reduced
+        with the omit policy. Kept non-finite floats are settled here, by
+        ``nan_policy``, so a NaN the caller masked never raises.
+        """
+        n_feat = view.shape[1]
+        skip = _Skip(np.zeros(n_feat, np.int64))
+        out = np.empty(view.shape, view.dtype)
+        if kind == INT_KIND:
+            skip.lo = np.full(n_feat, np.iinfo(np.int64).max)
+            skip.hi = np.full(n_feat, np.iinfo(np.int64).min)
+            MK.neutralize_int(view, kept, out, skip.masked, skip.lo, skip.hi)
+            return out, skip
+        entered = np.zeros(n_feat, np.int64)
+        MK.scan_float(view, kept, skip.masked, entered)
+        if not entered.any():  # the usual case: the masked float kernels read the batch as it is
+            skip.keep = kept
+            return view, skip
+        if self._nan_policy == "raise":
+            raise NonFiniteError(
+                f"batch {index}: feature {self._name(int(np.argmax(entered > 0)))} has a non-finite value "
+                f"(NaN or inf) that the mask keeps; clean the data, or pass nan_policy='omit' to skip such "
+                f"values (they are counted in nan_count) or nan_policy='propagate' to let them through"
+            )
+        skip.masked[:] = 0
+        flags = tuple(np.zeros(n_feat, np.uint8) for _ in range(3))
+        MK.neutralize_float(view, kept, out, skip.masked, np.zeros(n_feat, np.int64), *flags)
+        if self._nan_policy == "propagate":
+            skip.entered = entered
+            skip.flags = tuple(flag.astype(bool) for flag in flags)
+        return out, skip
 
     def _promoted(self, dtype: np.dtype) -> np.dtype:
         if self._dtype is None or dtype == self._dtype:
@@ -457,7 +578,8 @@ class StatsAccumulator:
         self._kind = kind
         self._n_features = n_feat
         z = lambda dt=np.float64: np.zeros(n_feat, dt)  # noqa: E731
-        a: dict[str, np.ndarray] = {"count": z(np.int64), "nan_count": z(np.int64)}
+        a: dict[str, np.ndarray] = {"count": z(np.int64), "nan_count": z(np.int64),
+                                    "masked_count": z(np.int64)}
         if kind == FLOAT_KIND:
             a.update(shift=z(), has_shift=z(np.uint8), mean=z(), m2=z(),
                      min=np.full(n_feat, np.inf), max=np.full(n_feat, -np.inf))
@@ -481,16 +603,18 @@ class StatsAccumulator:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="streamnorm")
         return list(self._pool.map(worker, tasks))
 
-    def _parts(self, view: np.ndarray) -> list[np.ndarray]:
+    def _parts(self, view: np.ndarray, keep: np.ndarray | None = None) -> list[Any]:
+        """``view`` split by rows for the threads; with ``keep``, ``(view, keep)`` pairs split alike."""
         parts = 1
         if self._threads > 1 and view.nbytes >= MIN_PARALLEL_BYTES:
             parts = min(self._threads, view.shape[0])
-        if parts == 1:
-            return [view]
-        return [view[a:b] for a, b in _split_rows(view.shape[0], parts)]
+        bounds = [(0, view.shape[0])] if parts == 1 else _split_rows(view.shape[0], parts)
+        if keep is None:
+            return [view] if parts == 1 else [view[a:b] for a, b in bounds]
+        return [(view[a:b], keep[a:b]) for a, b in bounds]
 
     # integers ---------------------------------------------------------
-    def _update_int(self, view: np.ndarray, dtype: np.dtype) -> None:
+    def _update_int(self, view: np.ndarray, dtype: np.dtype, skip: _Skip | None = None) -> None:
         a = self._arrays
         size = dtype.itemsize
         unsigned = view.view(np.dtype(f"u{size}"))
@@ -510,13 +634,18 @@ class StatsAccumulator:
                 a["p_q0"] += q0
                 a["p_q1"] += q1
                 a["p_q2"] += q2
-                off = int(xor)
-                np.minimum(a["min"], lo - off, out=a["min"])
-                np.maximum(a["max"], hi - off, out=a["max"])
+                if skip is None:  # (masked: the neutral 0 is no extreme; skip has the kept ones)
+                    off = int(xor)
+                    np.minimum(a["min"], lo - off, out=a["min"])
+                    np.maximum(a["max"], hi - off, out=a["max"])
             self._pending_values += values
             a["count"] += values
+        if skip is not None:
+            a["count"] -= skip.masked
+            np.minimum(a["min"], skip.lo, out=a["min"])
+            np.maximum(a["max"], skip.hi, out=a["max"])
 
-    def _update_hist(self, view: np.ndarray, dtype: np.dtype) -> None:
+    def _update_hist(self, view: np.ndarray, dtype: np.dtype, skip: _Skip | None = None) -> None:
         """Count 8-bit values into the bins of ``dtype``, the dtype of all batches so far."""
         a = self._arrays
         offset = _bin_offset(dtype)
@@ -528,6 +657,9 @@ class StatsAccumulator:
         for h in self._run(self._parts(unsigned), lambda x: self._hist_task(x, xor)):
             hist += h
         a["count"] += unsigned.shape[0] * unsigned.shape[2]
+        if skip is not None:  # the skipped values were counted as 0s
+            hist[:, -offset] -= skip.masked
+            a["count"] -= skip.masked
 
     @staticmethod
     def _int_task(x: np.ndarray, xor: np.integer) -> tuple[np.ndarray, ...]:
@@ -589,14 +721,19 @@ class StatsAccumulator:
         self._pending_values = 0
 
     # floats -----------------------------------------------------------
-    def _update_float(self, view: np.ndarray, index: int) -> None:
+    def _update_float(self, view: np.ndarray, index: int, skip: _Skip | None = None) -> None:
         a = self._arrays
         shift = a["shift"].copy()
         has_shift = a["has_shift"].copy()
+        keep = None if skip is None else skip.keep
         if not has_shift.all():
-            K.first_finite(view, shift, has_shift)
-        policy = NAN_POLICIES[self._nan_policy]
-        parts = self._parts(view)
+            if keep is None:
+                K.first_finite(view, shift, has_shift)
+            else:
+                MK.first_kept_finite(view, keep, shift, has_shift)
+        # NaN path of a mask: the skipped values are NaNs, omitted; kept non-finite ones are settled after
+        policy = NAN_POLICIES["omit" if skip is not None else self._nan_policy]
+        parts = self._parts(view) if keep is None else self._parts(view, keep)
         results = self._run(parts, lambda x: self._float_task(x, shift, policy))
         for *_, bad in results:
             if bad >= 0:
@@ -619,20 +756,23 @@ class StatsAccumulator:
         for n, nf, pmean, pm2, *_ in results:
             count, mean, m2 = chan_merge(count, mean, m2, n, pmean, pm2)
             nonfinite = nonfinite + nf
+        if skip is not None:
+            count, lo, hi, nonfinite = _propagated(skip, count, lo, hi, nonfinite)
         mean, m2 = _nonfinite_moments(mean, m2, lo, hi)
         a.update(count=count.astype(np.int64), mean=mean, m2=m2, min=lo, max=hi,
                  nan_count=nonfinite, shift=shift, has_shift=has_shift)
 
     @staticmethod
-    def _float_task(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
-        """Moments of one part about ``shift``, safe up to the largest float64.
+    def _float_task(part: Any, shift: np.ndarray, policy: int) -> tuple:
+        """Moments of one part (an array, or ``(array, keep)``) about ``shift``, safe up to the largest float64.
 
         Features where some ``|x - shift|`` reaches ``HUGE`` are reduced
         again, scaled by ``2**-SCALE_BITS`` (exact), so that no sum or
         difference overflows unless the true result does; min and max stay
         unscaled.
         """
-        out = list(StatsAccumulator._float_kernels(x, shift, policy))
+        x, keep = part if isinstance(part, tuple) else (part, None)
+        out = list(StatsAccumulator._float_kernels(x, shift, policy, keep))
         lo, hi, bad = out[4], out[5], out[6]
         if bad >= 0 or x.dtype.itemsize < 8 or max(-lo.min(), hi.max(), np.abs(shift).max()) < HUGE / 2:
             return tuple(out)  # no |x - shift| reaches HUGE (a NaN fails the test: look closer)
@@ -644,7 +784,8 @@ class StatsAccumulator:
         down = 2.0 ** -SCALE_BITS
         scaled = np.ascontiguousarray(x[:, huge, :], dtype=np.float64) * down
         k = shift[huge] * down
-        n, nf, mean, m2, slo, shi, _ = StatsAccumulator._float_kernels(scaled, k, policy)
+        sub_keep = None if keep is None else np.ascontiguousarray(keep[:, huge, :])
+        n, nf, mean, m2, slo, shi, _ = StatsAccumulator._float_kernels(scaled, k, policy, sub_keep)
         mean = np.clip(mean, slo - k, shi - k)  # a rounded mean may not leave [min, max]
         with np.errstate(over="ignore"):
             out[2][huge] = mean * 2.0 ** SCALE_BITS
@@ -653,32 +794,46 @@ class StatsAccumulator:
         return tuple(out)
 
     @staticmethod
-    def _float_kernels(x: np.ndarray, shift: np.ndarray, policy: int) -> tuple:
+    def _float_kernels(x: np.ndarray, shift: np.ndarray, policy: int, keep: np.ndarray | None = None) -> tuple:
+        """``(n, nonfinite, mean, m2, min, max, bad)`` of ``x``; of its kept values when ``keep`` is given."""
         n_outer, n_feat, n_inner = x.shape
 
         def fresh(width: int) -> list[np.ndarray]:
             return [np.zeros(width), np.zeros(width, np.int64), np.zeros(width), np.zeros(width),
                     np.full(width, np.inf), np.full(width, -np.inf)]
 
+        def cols(values: np.ndarray, kept: np.ndarray | None, k: np.ndarray, out: list[np.ndarray]) -> int:
+            if kept is None:
+                return K.float_cols(values, k, *out, policy)
+            n, _, mean, m2, lo, hi = out  # (no kept value is non-finite here)
+            MK.masked_float_cols(values, kept, k, n, mean, m2, lo, hi)
+            return -1
+
         if n_inner > 1:
             out = fresh(n_feat)
-            bad = K.float_planes(x, shift, *out, policy)
+            if keep is None:
+                bad = K.float_planes(x, shift, *out, policy)
+            else:
+                n, _, mean, m2, lo, hi = out
+                MK.masked_float_planes(x, keep, shift, n, mean, m2, lo, hi)
+                bad = -1
             return (*out, bad)
         x2 = x[:, :, 0]
+        keep2 = None if keep is None else keep[:, :, 0]
         k = _grouping(n_outer, n_feat, 8)
         main = (n_outer // k) * k if k > 1 else 0
         bad = -1
         if main:
             lanes = fresh(k * n_feat)
-            bad = K.float_cols(x2[:main].reshape(main // k, k * n_feat), np.tile(shift, k),
-                               *lanes, policy)
+            grouped = None if keep2 is None else keep2[:main].reshape(main // k, k * n_feat)
+            bad = cols(x2[:main].reshape(main // k, k * n_feat), grouped, np.tile(shift, k), lanes)
             if bad >= 0:
                 return (*[lane[:n_feat] for lane in lanes], bad % n_feat)
             out = list(K.fold_float_lanes(*lanes, n_feat))
         else:
             out = fresh(n_feat)
         if main < n_outer:
-            bad = K.float_cols(x2[main:], shift, *out, policy)
+            bad = cols(x2[main:], None if keep2 is None else keep2[main:], shift, out)
         return (*out, bad)
 
     def _name(self, feature: int) -> str:
@@ -767,6 +922,7 @@ class StatsAccumulator:
             a.update(count=count.astype(np.int64), mean=mean, m2=m2, shift=shift,
                      has_shift=a["has_shift"] | b["has_shift"], min=lo, max=hi)
         a["nan_count"] += b["nan_count"]
+        a["masked_count"] += b["masked_count"]
         self._dtype = np.promote_types(self._dtype, other._dtype)
         self._bfloat16 = bool(self._bfloat16 and other._bfloat16)
         self._n_batches += other._n_batches
@@ -789,7 +945,7 @@ class StatsAccumulator:
         a = self._arrays
         names = self._feature_names or tuple(str(i) for i in range(self._n_features))
         common = dict(layout=self.layout, feature_names=names, dtype=self.dtype_name,
-                      count=a["count"], nan_count=a["nan_count"])
+                      count=a["count"], nan_count=a["nan_count"], masked_count=a["masked_count"])
         if self._kind == FLOAT_KIND:
             empty = a["count"] == 0
             shifted_mean = np.where(empty, np.nan, a["mean"])
@@ -887,15 +1043,16 @@ class StatsAccumulator:
                     f"loaded into an accumulator of layout {self.layout!r} (histogram={self._histogram})"
                 )
             names = state.get("feature_names")
-            fresh = StatsAccumulator(self.layout, names, self._histogram, self._nan_policy, self._threads)
+            fresh = StatsAccumulator(self.layout, names, self._histogram, self._nan_policy, self._threads,
+                                     self._ignore_value)
             kind = state["kind"]
             if kind is not None:
                 if kind not in (INT_KIND, FLOAT_KIND):
                     raise StreamnormError(f"unknown kind {kind!r}")
                 fresh._start(kind, int(state["n_features"]))
                 for key, template in fresh._arrays.items():
-                    if key.startswith("p_"):
-                        continue
+                    if key.startswith("p_") or (key == "masked_count" and key not in state):
+                        continue  # (version-1 states have no masked_count: zeros)
                     if template.dtype == object:
                         values = [int(v) for v in state[key]]
                         if len(values) != template.shape[0]:
@@ -961,10 +1118,43 @@ class StatsAccumulator:
                 f"n_batches={self._n_batches}, n_features={self._n_features}, dtype={self._dtype})")
 
 
+def check_mask_key(key: Key, mask_key: Key) -> None:
+    """Refuse a ``mask_key`` that cannot pick a mask out of the same batches as ``key``."""
+    if mask_key is None:
+        return
+    if isinstance(mask_key, bool) or not isinstance(mask_key, (int, str)):
+        raise StreamnormError(f"mask_key must be an int (tuple/list batches) or a str (dict batches), got {mask_key!r}")
+    if key is None:
+        raise StreamnormError(
+            f"mask_key={mask_key!r} picks the mask out of tuple or dict batches, so key= must pick the data "
+            f"out of them too (e.g. key=0, mask_key=2 for (images, labels, masks) batches)"
+        )
+    if key == mask_key:
+        raise StreamnormError(f"key and mask_key are both {key!r}; the mask must be another element of the batch")
+
+
+def update_with_mask(acc: Any, item: Any, key: Key, mask_key: Key) -> None:
+    """``acc.update`` with the element at ``key`` of ``item`` and, given ``mask_key``, its mask.
+
+    Examples
+    --------
+    >>> import numpy as np, streamnorm as sn
+    >>> acc = sn.StatsAccumulator("NF")
+    >>> update_with_mask(acc, {"x": np.array([[1.0], [9.0]]), "m": np.array([[True], [False]])}, "x", "m")
+    >>> acc.result().mean.tolist(), acc.result().masked_count.tolist()
+    ([1.0], [1])
+    """
+    if mask_key is None:
+        acc.update(pick(item, key))
+    else:
+        acc.update(pick(item, key), mask=pick(item, mask_key))
+
+
 def compute_stats(
     source: Iterable[Any] | np.ndarray,
     layout: str = "NCHW",
     key: Key = None,
+    mask_key: Key = None,
     **acc_kwargs: Any,
 ) -> Stats:
     """Statistics of every batch of ``source``, in one pass.
@@ -980,8 +1170,13 @@ def compute_stats(
         See :class:`StatsAccumulator`.
     key : int or str, optional
         The element of tuple/list (int) or dict (str) batches to reduce.
+    mask_key : int or str, optional
+        The element of the same batches holding each batch's mask (bool,
+        broadcastable to the data; False skips a value, see
+        :meth:`StatsAccumulator.update`).
     **acc_kwargs
-        ``feature_names``, ``histogram``, ``nan_policy``, ``threads``.
+        ``feature_names``, ``histogram``, ``nan_policy``, ``threads``,
+        ``ignore_value``.
 
     Examples
     --------
@@ -990,7 +1185,15 @@ def compute_stats(
     >>> labels = np.zeros(8, np.int64)
     >>> sn.compute_stats([(images, labels)], layout="NCHW", key=0).mean.tolist()
     [7.0, 7.0, 7.0]
+
+    Padded images with their masks, and a nodata value:
+
+    >>> masks = np.zeros((8, 1, 4, 4), bool); masks[:, :, :2] = True
+    >>> s = sn.compute_stats([(images, masks)], layout="NCHW", key=0, mask_key=1, ignore_value=0)
+    >>> s.count.tolist(), s.masked_count.tolist()
+    ([64, 64, 64], [64, 64, 64])
     """
+    check_mask_key(key, mask_key)
     acc = StatsAccumulator(layout=layout, **acc_kwargs)
     if isinstance(source, np.ndarray) or (
         type(source).__module__.startswith("torch") and hasattr(source, "detach")
@@ -1002,5 +1205,5 @@ def compute_stats(
             f"DataLoader, a generator) or one numpy array or torch tensor"
         )
     for batch in source:
-        acc.update(pick(batch, key))
+        update_with_mask(acc, batch, key, mask_key)
     return acc.result()

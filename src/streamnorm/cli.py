@@ -102,6 +102,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _number(text: str) -> int | float:
+    """An int when ``text`` is one (exact, e.g. -9999 or 65535), else a float; NaN refused."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value:
+        raise argparse.ArgumentTypeError(
+            "NaN equals no value; to skip NaNs use --nan-policy omit (they are counted in nan_count)")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -165,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nan-policy", choices=("raise", "omit", "propagate"), default="raise",
                    help="NaN/inf and Parquet nulls: raise (default), omit (skip and count), "
                         "propagate")
+    c.add_argument("--ignore-value", type=_number, metavar="V",
+                   help="skip values equal to V (a nodata or padding value); they are counted "
+                        "in masked_count")
     c.add_argument("--engine", choices=("local", "dask"), default="local",
                    help="local (default) or dask")
     c.add_argument("--scheduler", metavar="ADDRESS",
@@ -385,7 +404,8 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     run = engine.compute(
         args.sources, layout=args.layout, columns=columns, image_column=args.image_column,
         image_mode=args.image_mode, storage_options=so, histogram=args.histogram,
-        nan_policy=args.nan_policy, skip_bad=args.skip_bad, engine=args.engine,
+        nan_policy=args.nan_policy, skip_bad=args.skip_bad, ignore_value=args.ignore_value,
+        engine=args.engine,
         workers=args.workers, scheduler=args.scheduler, checkpoint=args.checkpoint,
         checkpoint_storage_options=so, progress=_progress(args),
     )
@@ -441,6 +461,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     loaded = _load_splits(args.root, [args.split] if args.split else None, args.storage_options)
     per_split = {name: report.summary_rows(stats) for name, stats in loaded.items()}
+    # masked_count is shown when some split skipped values (masks, --ignore-value)
+    masked = any(s.masked_count.any() for s in loaded.values())
+    if masked:
+        for name, rows in per_split.items():
+            for row, count in zip(rows, loaded[name].masked_count.tolist()):
+                row["masked_count"] = count
     if args.format == "json":
         _out(report.to_json({
             name: {"layout": loaded[name].layout, "dtype": loaded[name].dtype, "features": rows}
@@ -449,6 +475,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return 0
     if args.format == "csv":
         columns = ["split", "feature", "count", "mean", "std", "min", "max", "nan_count"]
+        if masked:
+            columns.append("masked_count")
         if any(s.histogram is not None for s in loaded.values()):
             columns += [q for q, _ in report.QUANTILES]
         rows = [{"split": name, **row} for name, rows in per_split.items() for row in rows]

@@ -4,8 +4,9 @@
 ``torch.utils.data.IterDataPipe`` (torchdata 0.11 dropped DataPipes; torch
 still ships the base classes):
 
-- ``dp.collect_stats(accumulator, key=None)``: pass items through, updating
-  the accumulator with the element at ``key`` of each;
+- ``dp.collect_stats(accumulator, key=None, mask_key=None)``: pass items
+  through, updating the accumulator with the element at ``key`` of each (and
+  the mask at ``mask_key``);
 - ``dp.normalize(norm, key=None, dtype=torch.float32)``: apply a
   :class:`~streamnorm.Normalizer` to the element at ``key`` of each item.
 
@@ -39,6 +40,7 @@ import torch
 from torch.utils.data.datapipes._decorator import functional_datapipe
 from torch.utils.data.datapipes.datapipe import IterDataPipe
 
+from .accumulate import check_mask_key, update_with_mask
 from .batch import Key, pick, replace
 from .device import _check_key
 from .errors import StreamnormError
@@ -64,18 +66,24 @@ class StatsCollectorIterDataPipe(IterDataPipe):
         Updated in place, in the process iterating the pipe.
     key : int or str, optional
         The element of tuple/list (int) or dict (str) items to reduce.
+    mask_key : int or str, optional
+        The element of the same items holding the mask of the data at ``key``
+        (bool; False skips a value, counted in ``masked_count``).
     """
 
-    def __init__(self, source_datapipe: IterDataPipe, accumulator: Any, key: Key = None) -> None:
+    def __init__(self, source_datapipe: IterDataPipe, accumulator: Any, key: Key = None,
+                 mask_key: Key = None) -> None:
         _check_pipe(source_datapipe)
         if not callable(getattr(accumulator, "update", None)):
             raise StreamnormError(
                 f"accumulator must be a streamnorm.StatsAccumulator, got {type(accumulator).__name__}"
             )
         _check_key(key)
+        check_mask_key(key, mask_key)
         self.source_datapipe = source_datapipe
         self.accumulator = accumulator
         self.key = key
+        self.mask_key = mask_key
 
     def __iter__(self) -> Iterator[Any]:
         if torch.utils.data.get_worker_info() is not None:
@@ -85,7 +93,7 @@ class StatsCollectorIterDataPipe(IterDataPipe):
                 "sn.compute_stats(loader, key=...) in the main process"
             )
         for item in self.source_datapipe:
-            self.accumulator.update(pick(item, self.key))
+            update_with_mask(self.accumulator, item, self.key, self.mask_key)
             yield item
 
     def __len__(self) -> int:

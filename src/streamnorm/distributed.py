@@ -29,7 +29,8 @@ from .stats import Stats
 __all__ = ["decode_state", "encode_state", "merge_across_ranks"]
 
 _STATS_FIELDS = ("layout", "feature_names", "dtype", "count", "nan_count", "mean", "m2",
-                 "min", "max", "histogram", "int_sum", "int_sumsq", "shift", "shifted_mean")
+                 "min", "max", "histogram", "int_sum", "int_sumsq", "shift", "shifted_mean",
+                 "masked_count")
 _EXACT_INT = 1 << 53  # larger Python ints travel as strings
 
 

@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ._masks import check_ignore_value
 from .errors import StreamnormError
 from .sources import (
     DEFAULT_BATCH_BYTES,
@@ -178,11 +179,11 @@ class RunResult:
 
 def compute_shard(
     shard: Shard, histogram: bool = False, nan_policy: str = "raise", skip_bad: bool = False,
-    read_threads: bool = True,
+    read_threads: bool = True, ignore_value: float | int | None = None,
 ) -> ShardResult:
     """Reduce one shard; a module-level function so pools and Dask can ship it."""
     return shard.compute(histogram=histogram, nan_policy=nan_policy, skip_bad=skip_bad,
-                         read_threads=read_threads)
+                         read_threads=read_threads, ignore_value=ignore_value)
 
 
 def _fresh(result: ShardResult) -> ShardResult:
@@ -721,6 +722,7 @@ def compute(
     histogram: bool = False,
     nan_policy: str = "raise",
     skip_bad: bool = False,
+    ignore_value: float | int | None = None,
     engine: str = "local",
     workers: int | None = None,
     scheduler: Any = None,
@@ -748,6 +750,9 @@ def compute(
     skip_bad : bool
         Skip (and report in :attr:`RunResult.skipped`) images that fail to
         decode instead of stopping.
+    ignore_value : number, optional
+        Values equal to it (a nodata or padding value) are skipped and counted
+        in ``masked_count`` (see :class:`~streamnorm.StatsAccumulator`).
     engine : {"local", "dask"}
     workers : int, optional
         Local: threads or processes (default: CPU count; small image
@@ -791,6 +796,8 @@ def compute(
             images_per_shard=images_per_shard, batch_bytes=batch_bytes,
         )
     kwargs = {"histogram": bool(histogram), "nan_policy": nan_policy, "skip_bad": bool(skip_bad)}
+    if ignore_value is not None:  # (absent otherwise: checkpoints of earlier runs still resume)
+        kwargs["ignore_value"] = check_ignore_value(ignore_value)
     results: dict[str, ShardResult] = {}
     ckpt = None
     if checkpoint is not None:

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torchdata.nodes import BaseNode
 
-from .batch import Key, pick
+from .accumulate import check_mask_key, update_with_mask
+from .batch import Key
 from .device import DeviceStage, _check_key
 from .errors import StreamnormError
 from .normalize import Normalizer
@@ -60,6 +61,9 @@ class CollectStats(BaseNode):
         object.
     key : int or str, optional
         The element of tuple/list (int) or dict (str) items to reduce.
+    mask_key : int or str, optional
+        The element of the same items holding the mask of the data at
+        ``key`` (bool; False skips a value, counted in ``masked_count``).
     max_passes : int, optional
         Stop updating after this many complete passes over the source (``1``:
         collect during the first epoch only, then pass through). ``None``
@@ -107,6 +111,7 @@ class CollectStats(BaseNode):
         key: Key = None,
         *,
         max_passes: int | None = None,
+        mask_key: Key = None,
     ) -> None:
         super().__init__()
         _check_node(source_node, "source_node")
@@ -117,6 +122,7 @@ class CollectStats(BaseNode):
                     f"got {type(accumulator).__name__}"
                 )
         _check_key(key)
+        check_mask_key(key, mask_key)
         if max_passes is not None and (
             isinstance(max_passes, bool) or not isinstance(max_passes, int) or max_passes < 1
         ):
@@ -124,6 +130,7 @@ class CollectStats(BaseNode):
         self.source = source_node
         self.accumulator = accumulator
         self.key = key
+        self.mask_key = mask_key
         self.max_passes = max_passes
         self._passes = 0
         self._pass_ended = False
@@ -175,7 +182,7 @@ class CollectStats(BaseNode):
                 self._passes += 1
             raise
         if self.max_passes is None or self._passes < self.max_passes:
-            self.accumulator.update(pick(item, self.key))
+            update_with_mask(self.accumulator, item, self.key, self.mask_key)
         return item
 
     def get_state(self) -> dict[str, Any]:

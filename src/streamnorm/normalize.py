@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _modes
+from . import _config, _modes
 from ._affine import AffineMap, evaluate
+from ._config import CONFIG_ID, CONFIG_VERSION  # noqa: F401  (re-exported: the config names)
+from ._config import as_vector as _as_vector
 from .errors import DTypeError, LayoutError, StreamnormError
 from .layout import Layout, parse_layout
 from .stats import Stats, dtype_name
@@ -42,10 +44,10 @@ from .stats import Stats, dtype_name
 __all__ = ["MODES", "Normalizer"]
 
 #: Modes of :meth:`Normalizer.from_stats`.
-MODES = ("zscore", "minmax", "symmetric", "robust")
+MODES = ("zscore", "minmax", "symmetric", "robust", "quantile")
+#: Quantiles that ``mode="quantile"`` maps to -1 and +1 by default.
+DEFAULT_QUANTILES = (0.01, 0.99)
 _RANGE_MODES = _modes.RANGE_MODES
-CONFIG_ID = "streamnorm.Normalizer"
-CONFIG_VERSION = 1
 
 _NUMPY_TO_TORCH = {
     np.dtype(np.bool_): torch.bool,
@@ -126,16 +128,6 @@ def _resolve_device(device: Any) -> torch.device:
     return dev
 
 
-def _as_vector(values: Any, name: str) -> np.ndarray:
-    try:
-        arr = np.array(values, dtype=np.float64, copy=True)
-    except (TypeError, ValueError):
-        raise StreamnormError(f"{name} must be numbers, got {values!r}") from None
-    if arr.ndim > 1:
-        raise StreamnormError(f"{name} must be a scalar or a 1-D sequence, got shape {arr.shape}")
-    return arr.reshape(-1)
-
-
 def _check_map(amap: AffineMap, names: Sequence[str]) -> None:
     """Finite parameters and a non-zero scale, or an error naming the feature."""
     scale, shift = amap.affine()
@@ -167,31 +159,6 @@ def _converts_exactly(dtype: torch.dtype, compute: torch.dtype) -> bool:
     if dtype.is_floating_point:
         return dtype in (torch.float16, torch.bfloat16, torch.float32, compute)
     return torch.iinfo(dtype).bits < _SIGNIFICAND_BITS[compute]
-
-
-def _config_map(config: Mapping[str, Any]) -> AffineMap:
-    """The evaluated map of a config that has ``center`` (see ``get_config``)."""
-    fields = {name: _as_vector(config[name], name) for name in ("center", "scale", "offset")}
-    for name in ("center_lo", "upper"):
-        if config.get(name) is not None:
-            fields[name] = _as_vector(config[name], name)
-    sizes = {v.size for v in fields.values()}
-    if len(sizes) != 1:
-        raise StreamnormError(f"config fields {sorted(fields)} need one value per feature each")
-    width = config.get("width")
-    if ("upper" in fields) != (width is not None):
-        raise StreamnormError("config fields 'upper' and 'width' go together")
-    amap = AffineMap(**fields, width=None if width is None else float(width),
-                     upper_is_bound=config.get("upper_is_bound") is True)
-    shift = _as_vector(config["shift"], "shift")
-    with np.errstate(all="ignore"):
-        agree = shift.shape == amap.affine()[1].shape and np.array_equal(shift, amap.affine()[1])
-    if not agree:
-        raise StreamnormError(
-            "the config's shift disagrees with its center, scale and offset; it was edited "
-            "or damaged: rebuild it with get_config()"
-        )
-    return amap
 
 
 class Normalizer:
@@ -353,6 +320,8 @@ class Normalizer:
         ddof: int = 0,
         *,
         layout: str | None = None,
+        quantiles: tuple[float, float] | None = None,
+        clip: bool = False,
     ) -> Normalizer:
         """Fit the map to dataset statistics.
 
@@ -360,11 +329,13 @@ class Normalizer:
         ----------
         stats : Stats
             From :func:`~streamnorm.compute_stats` or a store.
-        mode : {"zscore", "minmax", "symmetric", "robust"}
+        mode : {"zscore", "minmax", "symmetric", "robust", "quantile"}
             ``zscore``: ``(x - mean) / std``. ``minmax``: ``[min, max] -> [0, 1]``.
             ``symmetric``: ``[min, max] -> [-1, 1]``. ``robust``:
-            ``(x - median) / IQR`` from the exact histogram (8-bit data
-            accumulated with ``histogram=True``).
+            ``(x - median) / IQR``. ``quantile``: ``[q_lo, q_hi] -> [-1, 1]``
+            for the ``quantiles`` ``(lo, hi)``, as robot-learning pipelines
+            normalize actions and states. ``robust`` and ``quantile`` need the
+            distribution kept by ``histogram=True``.
         ddof : int
             Delta degrees of freedom of the std (``zscore`` only); 0 like
             numpy and scikit-learn.
@@ -372,6 +343,13 @@ class Normalizer:
             Layout of the batches to normalize when it differs from the one
             the statistics were computed on (e.g. ``"NCHW"`` tensors with
             statistics of ``"NHWC"`` image files). Defaults to ``stats.layout``.
+        quantiles : (float, float), optional
+            ``mode="quantile"`` only: the quantiles mapped to -1 and +1;
+            default ``(0.01, 0.99)``.
+        clip : bool, default False
+            ``mode="quantile"`` only: clamp outputs to [-1, 1]. The inverse
+            is exact (to rounding) inside [-1, 1]; a clipped value goes back
+            to the quantile at its bound (its original value is lost).
 
         Notes
         -----
@@ -396,6 +374,10 @@ class Normalizer:
         [[-1.2247, 0.0], [0.0, 0.0], [1.2247, 0.0]]
         >>> sn.Normalizer.from_stats(sn.compute_stats([x], layout="NF"), "minmax")(x).tolist()
         [[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]]
+        >>> s = sn.compute_stats([np.arange(101, dtype=np.uint8).reshape(-1, 1)], layout="NF", histogram=True)
+        >>> q = sn.Normalizer.from_stats(s, "quantile", quantiles=(0.1, 0.9), clip=True)
+        >>> q(np.array([[0], [10], [50], [90], [100]], np.uint8)).ravel().tolist()
+        [-1.0, -1.0, 0.0, 1.0, 1.0]
         """
         if not isinstance(stats, Stats):
             raise StreamnormError(
@@ -404,6 +386,12 @@ class Normalizer:
             )
         if mode not in MODES:
             raise StreamnormError(f"mode={mode!r} is not one of {list(MODES)}")
+        if mode != "quantile" and (quantiles is not None or clip):
+            raise StreamnormError(
+                f"quantiles= and clip= belong to mode='quantile', not mode={mode!r}"
+            )
+        if not isinstance(clip, (bool, np.bool_)):
+            raise StreamnormError(f"clip must be True or False, got {clip!r}")
         if isinstance(ddof, bool) or not isinstance(ddof, numbers.Integral) or ddof < 0:
             raise StreamnormError(f"ddof must be a non-negative integer, got {ddof!r}")
         empty = [name for name, n in zip(stats.feature_names, stats.count) if n == 0]
@@ -416,6 +404,9 @@ class Normalizer:
             amap = _modes.zscore(stats, int(ddof))
         elif mode == "robust":
             amap = _modes.robust(stats)
+        elif mode == "quantile":
+            qs = _modes.check_quantiles(DEFAULT_QUANTILES if quantiles is None else quantiles)
+            amap = _modes.quantile_map(stats, qs, bool(clip))
         else:
             amap = _modes.range_map(stats, mode)
         return cls._from_map(
@@ -437,11 +428,14 @@ class Normalizer:
         *,
         layout: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        quantiles: tuple[float, float] | None = None,
+        clip: bool = False,
     ) -> Normalizer:
         """Fit the map to the statistics stored for ``split`` (the training split by default).
 
         ``root`` is any fsspec URL a :class:`~streamnorm.StatsStore` accepts;
-        ``storage_options`` are passed to fsspec. Normalizing validation and
+        ``storage_options`` are passed to fsspec; the other arguments are
+        :meth:`from_stats`'s. Normalizing validation and
         test data with the training split's statistics is what avoids leakage.
 
         Examples
@@ -456,7 +450,7 @@ class Normalizer:
         from .store import load_stats  # the store pulls in pyarrow and fsspec
 
         stats = load_stats(root, split, storage_options=storage_options)
-        return cls.from_stats(stats, mode=mode, ddof=ddof, layout=layout)
+        return cls.from_stats(stats, mode=mode, ddof=ddof, layout=layout, quantiles=quantiles, clip=clip)
 
     @classmethod
     def from_range(
@@ -848,7 +842,8 @@ class Normalizer:
         center, scale, offset = self._broadcast(x, compute, inverse)
         if x.dtype not in _FUSED_IN:
             x = x.to(compute)
-        return evaluate(x, center, scale, offset, out_dtype, compute, out)
+        clip = None if inverse else self._map.clip
+        return evaluate(x, center, scale, offset, out_dtype, compute, out, clip)
 
     def _per_sample_apply(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         lay = self._layout
@@ -884,7 +879,8 @@ class Normalizer:
     def get_config(self) -> dict[str, Any]:
         """A JSON-safe description from which :meth:`from_config` rebuilds this normalizer.
 
-        Floats are stored as JSON numbers that round-trip exactly.
+        Floats are stored as JSON numbers that round-trip exactly (see
+        :mod:`streamnorm._config` for the fields).
 
         Examples
         --------
@@ -895,67 +891,12 @@ class Normalizer:
         >>> sn.Normalizer.from_config(json.loads(json.dumps(cfg))).get_config() == cfg
         True
         """
-        config: dict[str, Any] = {
-            "id": CONFIG_ID,
-            "version": CONFIG_VERSION,
-            "mode": self._mode,
-            "layout": self._layout.text,
-        }
-        if self._per_sample is not None:
-            config.update(self._per_sample)
-            return config
-        config.update(
-            feature_names=list(self._feature_names or ()),
-            source_dtype=self._source_dtype,
-            scale=self._scale_np,
-            shift=self._shift_np,
-        )
-        amap = self._map
-        if np.any(amap.center) or amap.center_lo is not None or amap.upper is not None:
-            # How the map is evaluated (see Notes of the class); readers that
-            # know only scale and shift still get the same map.
-            config.update(center=amap.center, offset=amap.offset)
-            if amap.center_lo is not None:
-                config["center_lo"] = amap.center_lo
-            if amap.upper is not None:
-                config.update(upper=amap.upper, width=amap.width)
-                if amap.upper_is_bound:
-                    config["upper_is_bound"] = True
-        for name, values in config.items():
-            if isinstance(values, np.ndarray):
-                # a number, not a list, for scalars: applies to every element
-                config[name] = float(values[0]) if self._scalar else [float(v) for v in values]
-        return config
+        return _config.to_config(self)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Normalizer:
         """Rebuild a normalizer from :meth:`get_config` output."""
-        if not isinstance(config, Mapping) or config.get("id") != CONFIG_ID:
-            raise StreamnormError(
-                f"not a streamnorm Normalizer config (expected id {CONFIG_ID!r})"
-            )
-        version = config.get("version")
-        if not isinstance(version, int) or version > CONFIG_VERSION:
-            raise StreamnormError(
-                f"Normalizer config version {version!r} is newer than this streamnorm "
-                f"understands ({CONFIG_VERSION}); upgrade streamnorm"
-            )
-        try:
-            if config["mode"] == "per_sample":
-                return cls.per_sample(
-                    config["layout"], eps=config["eps"], per_feature=config["per_feature"]
-                )
-            names = config.get("feature_names") or None
-            if "center" not in config:  # a map given as scale and shift
-                return cls(config["scale"], config["shift"], layout=config["layout"],
-                           mode=config["mode"], feature_names=names,
-                           source_dtype=config.get("source_dtype"))
-            amap = _config_map(config)
-        except KeyError as exc:
-            raise StreamnormError(f"Normalizer config lacks the field {exc.args[0]!r}") from None
-        scalar = np.ndim(config["scale"]) == 0
-        return cls._from_map(amap, scalar, config["layout"], config["mode"], names,
-                             config.get("source_dtype"))
+        return _config.from_config(cls, config)
 
     def __repr__(self) -> str:
         if self._per_sample is not None:

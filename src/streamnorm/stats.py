@@ -12,6 +12,9 @@ about (a value of the data) and the mean relative to it, ``shifted_mean``:
 Chan's update on plain means loses digits when ``|mean| >> std`` (the mean is
 rounded to the spacing of its magnitude), while the shifted mean keeps them, so
 merges of stored or in-memory statistics stay as accurate as one pass.
+
+``masked_count`` counts the values skipped by a mask or ``ignore_value`` (in
+neither ``count`` nor ``nan_count``); zeros when not given.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ __all__ = [
 HISTOGRAM_BINS = 256
 INTEGER_KINDS = frozenset("biu")
 # The per-feature float/int arrays of a Stats, in field order.
-_FEATURE_ARRAYS = ("count", "nan_count", "mean", "m2", "min", "max", "shift", "shifted_mean")
+_FEATURE_ARRAYS = ("count", "nan_count", "mean", "m2", "min", "max", "shift", "shifted_mean", "masked_count")
 
 
 def chan_merge(
@@ -354,6 +357,9 @@ class Stats:
         ``b - 128`` for int8, ``b`` otherwise).
     int_sum, int_sumsq : tuple of int, optional
         Exact ``sum(x)`` and ``sum(x**2)`` for integer input.
+    masked_count : array of int64, shape (F,), optional
+        Values skipped by a mask or ``ignore_value`` (in neither ``count``
+        nor ``nan_count``); zeros when not given.
     shift, shifted_mean : array of float64, shape (F,), optional
         The value each feature was accumulated about and the mean relative to
         it, so that ``mean == shift + shifted_mean`` (in float64). Merges use
@@ -392,6 +398,7 @@ class Stats:
     int_sumsq: tuple[int, ...] | None = None
     shift: np.ndarray | None = None
     shifted_mean: np.ndarray | None = None
+    masked_count: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         names = tuple(map(str, self.feature_names))
@@ -402,7 +409,9 @@ class Stats:
         set_(self, "feature_names", names)
         set_(self, "layout", str(self.layout))
         set_(self, "dtype", dtype_name(self.dtype))
-        for field in ("count", "nan_count"):
+        if self.masked_count is None:
+            set_(self, "masked_count", np.zeros(nf, np.int64))
+        for field in ("count", "nan_count", "masked_count"):
             set_(self, field, _readonly(getattr(self, field), np.int64, (nf,), field))
         for field in ("mean", "m2", "min", "max"):
             set_(self, field, _readonly(getattr(self, field), np.float64, (nf,), field))
@@ -607,6 +616,7 @@ class Stats:
             return first
         count = sum(item.count for item in items)
         nan_count = sum(item.nan_count for item in items)
+        masked_count = sum(item.masked_count for item in items)
         dtype = common_dtype(item.dtype for item in items)
         histogram = None if first.histogram is None else sum(item.histogram for item in items)
         lo, hi = first.min, first.max
@@ -631,7 +641,7 @@ class Stats:
             layout=first.layout, feature_names=first.feature_names, dtype=dtype,
             count=count, nan_count=nan_count, mean=mean, m2=m2, min=lo, max=hi,
             histogram=histogram, int_sum=int_sum, int_sumsq=int_sumsq,
-            shift=shift, shifted_mean=shifted_mean,
+            shift=shift, shifted_mean=shifted_mean, masked_count=masked_count,
         )
 
     def select(self, indices: Sequence[int]) -> Stats:

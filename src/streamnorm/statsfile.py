@@ -17,6 +17,7 @@ shifted_mean   float64                mean relative to it: mean == shift + shift
 histogram      list<int64>            256 exact counts (8-bit input), else null
 int_sum        decimal128(38, 0)      exact sum of integer input, else null
 int_sumsq      decimal128(38, 0)      exact sum of squares, else null
+masked_count   int64                  values skipped by a mask or ignore_value
 ============== ====================== ==========================================
 
 ``shift`` and ``shifted_mean`` (new in format 2) let merges of stored float
@@ -24,6 +25,9 @@ statistics stay as accurate as one pass; ``mean`` stays the plain mean, so
 DuckDB, polars or pandas read the file as it is. Where the mean is not finite
 (``nan_policy="propagate"``) ``shift`` is 0 and ``shifted_mean`` is the mean.
 Format 1 has neither column; loading it takes the mean as its own shift.
+``masked_count`` (format 2) counts the values a mask or ``ignore_value``
+skipped; they are in neither ``count`` nor ``nan_count``. Format 1 files load
+with zeros.
 
 File key-value metadata (JSON-safe text): ``streamnorm.format_version``
 (``"2"``), ``streamnorm.version``, ``layout``, ``dtype``, ``split``,
@@ -44,7 +48,7 @@ hex SHA-256 of this byte string, all integers little-endian, every column in
 3. F as int64; the F + 1 offsets of the names in their concatenated UTF-8
    bytes as int64 (0, then after each name the running total of the byte
    lengths: Arrow's string offsets, counted from 0); those concatenated bytes;
-4. the columns ``count``, ``nan_count`` as int64[F]; ``mean``, ``m2``,
+4. the columns ``count``, ``nan_count``, ``masked_count`` as int64[F]; ``mean``, ``m2``,
    ``min``, ``max``, ``shift``, ``shifted_mean`` as IEEE-754 binary64 [F];
 5. ``histogram``: byte 0 when null, else byte 1 and the F x 256 counts as
    int64 (row-major); ``int_sum``, ``int_sumsq``: byte 0 when null, else byte 1
@@ -57,7 +61,8 @@ other nulls make the file unreadable, so no null value is ever hashed. The
 checksum covers values, not encodings: a file rewritten by another tool (row
 order, row groups, large types, compression, extra columns or metadata keys)
 still verifies as long as the values are the same. On load every file, format 1
-included, must also be consistent: no negative counts or m2, a mean inside
+included, must also be consistent: no negative counts (``masked_count``
+included) or m2, a mean inside
 [min, max], m2 within Popoviciu's bound ``count * (max - min)**2 / 4``,
 min and max inside the dtype's range, histograms and exact sums that agree with
 count, mean, m2, min and max bit for bit, an empty feature with NaN mean.
@@ -137,11 +142,13 @@ SCHEMA = pa.schema(
         pa.field("histogram", pa.list_(pa.int64()), nullable=True),
         pa.field("int_sum", EXACT_TYPE, nullable=True),
         pa.field("int_sumsq", EXACT_TYPE, nullable=True),
+        pa.field("masked_count", pa.int64(), nullable=False),
     ]
 )
 _SHIFT_COLUMNS = ("shift", "shifted_mean")
+_MASKED_COLUMNS = ("masked_count",)
 #: The columns of each format version.
-_COLUMNS = {1: [f for f in SCHEMA if f.name not in _SHIFT_COLUMNS], 2: list(SCHEMA)}
+_COLUMNS = {1: [f for f in SCHEMA if f.name not in _SHIFT_COLUMNS + _MASKED_COLUMNS], 2: list(SCHEMA)}
 
 _KNOWN_DTYPES = frozenset(
     ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -237,9 +244,11 @@ def _basic_problem(a: Mapping[str, np.ndarray], names: Sequence[str]) -> str | N
     """Signs, empty features, and non-finite values where no NaN was counted."""
     count, nan_count, mean, m2, lo, hi = (a[c] for c in _INT_COLUMNS + _FLOAT_COLUMNS)
     empty, seen, clean = count == 0, count > 0, nan_count == 0
+    masked = a.get("masked_count", np.zeros_like(count))
     checks = (
         (count < 0, "negative count"),
         (nan_count < 0, "negative nan_count"),
+        (masked < 0, "negative masked_count"),
         (m2 < 0, "negative m2 (sum of squared deviations)"),
         (empty & ~np.isnan(mean), "count 0 but a mean that is not NaN"),
         (empty & (m2 != 0), "count 0 but m2 not 0"),
@@ -416,7 +425,7 @@ def _digest(meta: Mapping[str, str], cols: _Columns) -> str:
     h.update(struct.pack("<q", len(cols.names)))
     h.update(ends.tobytes())
     h.update(data)
-    for column in _INT_COLUMNS:
+    for column in _INT_COLUMNS + _MASKED_COLUMNS:
         h.update(np.ascontiguousarray(cols.arrays[column], dtype="<i8").tobytes())
     for column in _FLOAT_COLUMNS + _SHIFT_COLUMNS:
         h.update(np.ascontiguousarray(cols.arrays[column], dtype="<f8").tobytes())
@@ -442,7 +451,7 @@ def _stats_columns(stats: Stats) -> _Columns:
             values, column, stats.feature_names)
     return _Columns(
         names=names,
-        arrays={c: getattr(stats, c) for c in _INT_COLUMNS + _FLOAT_COLUMNS + _SHIFT_COLUMNS},
+        arrays={c: getattr(stats, c) for c in _INT_COLUMNS + _MASKED_COLUMNS + _FLOAT_COLUMNS + _SHIFT_COLUMNS},
         histogram=stats.histogram,
         exact=exact,
     )
@@ -503,6 +512,7 @@ def stats_to_table(
         _histogram_array(stats.histogram, n),
         *(pa.nulls(n, type=EXACT_TYPE) if cols.exact[c] is None else cols.exact[c].to_arrow()
           for c in _DECIMAL_COLUMNS),
+        *(pa.array(cols.arrays[c]) for c in _MASKED_COLUMNS),
     ]
     metadata = {
         META_FORMAT_VERSION: str(FORMAT_VERSION),
@@ -732,8 +742,9 @@ def _columns(table: pa.Table, version: int, where: str) -> _Columns:
                 f"{where}: feature_index must number the {n} features 0..{n - 1} exactly once"
             )
     names = _names_array(table, where)
+    ints = _INT_COLUMNS + (_MASKED_COLUMNS if version >= 2 else ())
     floats = _FLOAT_COLUMNS + (_SHIFT_COLUMNS if version >= 2 else ())
-    arrays = {c: _numpy(table, c, where) for c in _INT_COLUMNS + floats}
+    arrays = {c: _numpy(table, c, where) for c in ints + floats}
     histogram = _histogram_column(table, where)
     exact = {c: _exact_column(table, c, where) for c in _DECIMAL_COLUMNS}
     if (exact["int_sum"] is None) != (exact["int_sumsq"] is None):

@@ -253,7 +253,8 @@ def check_image_mode(mode: str) -> None:
 
 
 def reduce_images(images: Iterable[tuple[str, np.ndarray]], histogram: bool, nan_policy: str,
-                  feature_names: tuple[str, ...] | None = None) -> tuple[tuple[Stats, ...], int]:
+                  feature_names: tuple[str, ...] | None = None,
+                  ignore_value: float | int | None = None) -> tuple[tuple[Stats, ...], int]:
     """Statistics (layout ``NHWC``) of ``(where, image)`` pairs and the number of images.
 
     All images must share one dtype (bit depth): see :func:`mixed_bit_depths`.
@@ -261,7 +262,7 @@ def reduce_images(images: Iterable[tuple[str, np.ndarray]], histogram: bool, nan
     from ..accumulate import StatsAccumulator
 
     acc = StatsAccumulator(layout="NHWC", feature_names=feature_names,
-                           histogram=histogram, nan_policy=nan_policy)
+                           histogram=histogram, nan_policy=nan_policy, ignore_value=ignore_value)
     n = 0
     pending: list[np.ndarray] = []
     pending_bytes = 0

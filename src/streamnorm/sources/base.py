@@ -342,8 +342,8 @@ class Format:
         raise NotImplementedError
 
     def reduce(self, shard: Shard, histogram: bool, nan_policy: str, skip_bad: bool,
-               read_threads: bool) -> ShardResult:
-        """The shard's partial statistics."""
+               read_threads: bool, ignore_value: float | int | None = None) -> ShardResult:
+        """The shard's partial statistics (``ignore_value``: see :class:`~streamnorm.StatsAccumulator`)."""
         raise NotImplementedError
 
     def check(self, source: Source, results: Mapping[str, ShardResult]) -> None:
@@ -435,9 +435,12 @@ class Shard:
         nan_policy: str = "raise",
         skip_bad: bool = False,
         read_threads: bool = True,
+        ignore_value: float | int | None = None,
     ) -> ShardResult:
         """Reduce the shard to its partial statistics.
 
+        ``ignore_value`` is skipped wherever it occurs (a nodata value; see
+        :class:`~streamnorm.StatsAccumulator`).
         ``read_threads`` lets pyarrow decode a row group's columns on its
         thread pool; turn it off when shards already run in parallel (one
         shard per core is cheaper than every shard on every core).
@@ -447,7 +450,8 @@ class Shard:
         shard's file and range prepended.
         """
         try:
-            return self.format.reduce(self, histogram, nan_policy, skip_bad, read_threads)
+            return self.format.reduce(self, histogram, nan_policy, skip_bad, read_threads,
+                                      ignore_value=ignore_value)
         except (SourceError, NonFiniteError) as exc:
             if isinstance(exc, SourceError) or self.where in str(exc):
                 raise

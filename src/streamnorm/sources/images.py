@@ -81,10 +81,10 @@ class ImageFormat(Format):
             yield image[None]
 
     def reduce(self, shard: Shard, histogram: bool, nan_policy: str, skip_bad: bool,
-               read_threads: bool) -> ShardResult:
+               read_threads: bool, ignore_value: float | int | None = None) -> ShardResult:
         skipped: list[tuple[str, str]] = []
         parts, n = reduce_images(self.images(shard, skip_bad, skipped), histogram, nan_policy,
-                                 shard.options.feature_names)
+                                 shard.options.feature_names, ignore_value)
         return ShardResult(shard.id, parts, n, shard.nbytes, tuple(skipped))
 
     def check(self, source: Source, results: Mapping[str, ShardResult]) -> None:

@@ -114,12 +114,12 @@ class NpyFormat(Format):
                 yield np.frombuffer(buf, dtype=dtype).reshape((hi - lo, *shape[1:]))
 
     def reduce(self, shard: Shard, histogram: bool, nan_policy: str, skip_bad: bool,
-               read_threads: bool) -> ShardResult:
+               read_threads: bool, ignore_value: float | int | None = None) -> ShardResult:
         from ..accumulate import StatsAccumulator
 
         acc = StatsAccumulator(layout=shard.options.layout,
                                feature_names=shard.options.feature_names,
-                               histogram=histogram, nan_policy=nan_policy)
+                               histogram=histogram, nan_policy=nan_policy, ignore_value=ignore_value)
         rows = 0
         for chunk in self.batches(shard, skip_bad):
             acc.update(chunk)

@@ -86,15 +86,16 @@ class ParquetFormat(Format):
                 yield np.column_stack([_arrow_to_numpy(col, nulls_as_nan=True) for col in columns])
 
     def reduce(self, shard: Shard, histogram: bool, nan_policy: str, skip_bad: bool,
-               read_threads: bool) -> ShardResult:
+               read_threads: bool, ignore_value: float | int | None = None) -> ShardResult:
         if shard.options.image_column is not None:
             skipped: list[tuple[str, str]] = []
             parts, n = reduce_images(_column_images(shard, skip_bad, skipped), histogram,
-                                     nan_policy, shard.options.feature_names)
+                                     nan_policy, shard.options.feature_names, ignore_value)
             return ShardResult(shard.id, parts, n, shard.nbytes, tuple(skipped))
+        acc_options = {"histogram": histogram, "nan_policy": nan_policy, "ignore_value": ignore_value}
         if shard.options.tensor_shape:
-            return _compute_tensor(shard, histogram, nan_policy, read_threads)
-        return _compute_table(shard, histogram, nan_policy, read_threads)
+            return _compute_tensor(shard, acc_options, read_threads)
+        return _compute_table(shard, acc_options, read_threads)
 
     def check(self, source: Source, results: Mapping[str, ShardResult]) -> None:
         if source.options.image_column is not None:
@@ -334,9 +335,8 @@ def _table_batches(
         pf.close()
 
 
-def _compute_table(shard: Shard, histogram: bool, nan_policy: str,
-                   read_threads: bool) -> ShardResult:
-    reducer = _TableReducer(shard.options.columns, histogram, nan_policy, shard.where)
+def _compute_table(shard: Shard, acc_options: dict[str, Any], read_threads: bool) -> ShardResult:
+    reducer = _TableReducer(shard.options.columns, acc_options, shard.where)
     for columns in _table_batches(shard, read_threads=read_threads):
         reducer.update(columns)
     return ShardResult(shard.id, reducer.result(), reducer.rows, shard.nbytes)
@@ -382,13 +382,12 @@ def _tensor_values(shard: Shard, col: Any, policy: str) -> tuple[np.ndarray, int
     return values.reshape((n_rows, *shape)), dropped
 
 
-def _compute_tensor(shard: Shard, histogram: bool, nan_policy: str,
-                    read_threads: bool) -> ShardResult:
+def _compute_tensor(shard: Shard, acc_options: dict[str, Any], read_threads: bool) -> ShardResult:
     from ..accumulate import StatsAccumulator
 
+    nan_policy = acc_options["nan_policy"]
     acc = StatsAccumulator(layout=shard.options.layout,
-                           feature_names=shard.options.feature_names,
-                           histogram=histogram, nan_policy=nan_policy)
+                           feature_names=shard.options.feature_names, **acc_options)
     rows = 0
     dropped = 0
     seen = False
@@ -449,11 +448,11 @@ class _TableReducer:
     column by column and merged exactly.
     """
 
-    def __init__(self, names: Sequence[str], histogram: bool, nan_policy: str,
-                 where: str) -> None:
+    def __init__(self, names: Sequence[str], acc_options: dict[str, Any], where: str) -> None:
         self.names = tuple(names)
-        self.histogram = histogram
-        self.nan_policy = nan_policy
+        self.acc_options = acc_options
+        self.histogram = acc_options["histogram"]
+        self.nan_policy = acc_options["nan_policy"]
         self.where = where
         self.rows = 0
         self.groups: dict[np.dtype, list[int]] | None = None
@@ -483,8 +482,7 @@ class _TableReducer:
 
         assert self.groups is not None
         names = [self.names[j] for j in self.groups[dtype]]
-        return StatsAccumulator(layout="FN", feature_names=names, histogram=self.histogram,
-                                nan_policy=self.nan_policy)
+        return StatsAccumulator(layout="FN", feature_names=names, **self.acc_options)
 
     def update(self, columns: Sequence[Any]) -> None:
         n = len(columns[0]) if columns else 0
@@ -520,8 +518,7 @@ class _TableReducer:
     def _single(self, name: str, values: np.ndarray) -> Stats:
         from ..accumulate import StatsAccumulator
 
-        acc = StatsAccumulator(layout="FN", feature_names=[name], histogram=self.histogram,
-                               nan_policy=self.nan_policy)
+        acc = StatsAccumulator(layout="FN", feature_names=[name], **self.acc_options)
         return acc.update(values.reshape(1, -1)).result()
 
     def result(self) -> tuple[Stats, ...]:

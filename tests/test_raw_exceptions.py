@@ -105,3 +105,13 @@ def test_zip_imported_package_with_an_unwritable_cache_compiles_without_cache(tm
     assert proc.stdout.strip() == "[2.0, 3.0] [1.5]"
     assert "cannot cache compiled kernels" in proc.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_every_error_class_of_the_contract_is_exported():
+    from streamnorm import errors
+
+    for name in ("StreamnormError", "StatsFileError", "LayoutError", "DTypeError", "NonFiniteError",
+                 "IncompatibleStatsError", "SplitNameError", "MaskError"):
+        cls = getattr(sn, name)
+        assert cls is getattr(errors, name) and issubclass(cls, sn.StreamnormError)
+        assert name in sn.__all__

@@ -12,7 +12,16 @@ from typing import Any
 
 from ._version import __version__
 from .accumulate import StatsAccumulator, compute_stats
-from .errors import StreamnormError
+from .errors import (
+    DTypeError,
+    IncompatibleStatsError,
+    LayoutError,
+    MaskError,
+    NonFiniteError,
+    SplitNameError,
+    StatsFileError,
+    StreamnormError,
+)
 from .stats import Stats
 
 _LAZY = {
@@ -30,6 +39,13 @@ __all__ = [
     "StatsAccumulator",
     "compute_stats",
     "StreamnormError",
+    "StatsFileError",
+    "LayoutError",
+    "DTypeError",
+    "NonFiniteError",
+    "IncompatibleStatsError",
+    "SplitNameError",
+    "MaskError",
     "StatsStore",
     "save_stats",
     "load_stats",

@@ -21,13 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DTypeError, StreamnormError
+from .errors import DTypeError, MaskError, StreamnormError
 
 __all__ = ["MaskError", "check_ignore_value", "batch_keep"]
-
-
-class MaskError(StreamnormError, ValueError):
-    """A mask that is not bool or does not broadcast to its batch."""
 
 
 def check_ignore_value(value: Any) -> float | int | bool | None:

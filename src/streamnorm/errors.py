@@ -16,6 +16,7 @@ __all__ = [
     "IncompatibleStatsError",
     "StatsFileError",
     "SplitNameError",
+    "MaskError",
 ]
 
 
@@ -45,3 +46,7 @@ class StatsFileError(StreamnormError, OSError):
 
 class SplitNameError(StreamnormError, ValueError):
     """A split name is not of the form ``[A-Za-z0-9][A-Za-z0-9._-]*``."""
+
+
+class MaskError(StreamnormError, ValueError):
+    """A mask that is not bool or does not broadcast to its batch."""

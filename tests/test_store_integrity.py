@@ -311,3 +311,14 @@ def test_exact_integer_and_histogram_stats_round_trip():
     for stats in (oracle_stats(x, histogram=True), oracle_stats(x.astype(np.int16)),
                   sn.compute_stats([x[:7], x[7:]], layout="NF", histogram=True)):
         assert stats_from_bytes(stats_to_bytes(stats)).equals(stats)
+
+
+def test_tiny_and_longdouble_statistics_save_and_load(tmp_path):
+    """Found by review: subnormal rounding exceeded the relative slack; float128 was refused on load."""
+    store = sn.StatsStore(str(tmp_path))
+    tiny = sn.compute_stats([np.array([2.050952103378703e-162, -6.396684674548604e-162])], layout="N")
+    store.save(tiny, "tiny")
+    assert store.load("tiny").equals(tiny)
+    wide = sn.compute_stats([np.array([[1.5], [2.5]], dtype=np.longdouble)], layout="NF")
+    store.save(wide, "ld")
+    assert store.load("ld").equals(wide)

@@ -1,5 +1,7 @@
 """Float input: float64 accumulation, batching-independent to 1e-13."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,16 @@ class TestNanPolicies:
             sn.compute_stats(x, layout=layout)
         s = sn.compute_stats(x, layout=layout, nan_policy="omit")
         assert s.nan_count.tolist() == [0, 0, 1]
+
+
+def test_one_large_nchw_batch_stays_at_the_float64_limit():
+    """Found by review: planes merged one by one let m2's rounding grow with N (1e-12 at 1e6)."""
+    u = np.random.default_rng(7).integers(0, 256, (200_000, 2, 3, 3), dtype=np.uint8)
+    x = u.astype(np.float32) / np.float32(256)  # exact values: the oracle comes from integer sums
+    got = sn.compute_stats(x, layout="NCHW")
+    exact = sn.compute_stats(u, layout="NCHW")
+    for c in range(2):
+        n, s, q = int(exact.count[c]), exact.int_sum[c], exact.int_sumsq[c]
+        m2 = float(Fraction(n * q - s * s, n) / 65536)
+        assert abs(got.m2[c] - m2) <= 2e-15 * m2
+        assert got.mean[c] == float(Fraction(s, n) / 256)

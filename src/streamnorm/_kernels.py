@@ -454,8 +454,11 @@ def float_planes(x, k, n, nonfinite, mean, m2, mn, mx, policy):
 
     Each contiguous span ``x[o, f, :]`` is reduced as rows of ``PLANE_LANES``
     lanes by :func:`float_cols` (vertical sums vectorize without the
-    reassociation a serial float sum would need), then the lanes are merged
-    into feature ``f``. Returns -1 or the failing feature.
+    reassociation a serial float sum would need), its lanes are merged into
+    one partial per span, and the spans' partials are merged as a binary
+    cascade (pairwise, like pairwise summation): merging millions of spans
+    one after the other into a running total would let rounding grow with
+    their number. Returns -1 or the failing feature.
     """
     n_outer, n_feat, n_inner = x.shape
     lanes = PLANE_LANES
@@ -467,9 +470,17 @@ def float_planes(x, k, n, nonfinite, mean, m2, mn, mx, policy):
     llo = np.empty(lanes)
     lhi = np.empty(lanes)
     lk = np.empty(lanes)
+    depth = 64
+    cn = np.zeros((n_feat, depth))
+    cmean = np.zeros((n_feat, depth))
+    cm2 = np.zeros((n_feat, depth))
+    used = np.zeros((n_feat, depth), np.uint8)
     for o in range(n_outer):
         for f in range(n_feat):
             span = x[o, f, :]
+            sn = 0.0
+            smean = 0.0
+            sm2 = 0.0
             if main > 0:
                 for j in range(lanes):
                     ln[j] = 0.0
@@ -484,16 +495,33 @@ def float_planes(x, k, n, nonfinite, mean, m2, mn, mx, policy):
                 if bad >= 0:
                     return f
                 for j in range(lanes):
-                    n[f], mean[f], m2[f] = _chan(n[f], mean[f], m2[f], ln[j], lm[j], lm2[j])
+                    sn, smean, sm2 = _chan(sn, smean, sm2, ln[j], lm[j], lm2[j])
                     nonfinite[f] += lnf[j]
                     mn[f], mx[f] = _merge_range(mn[f], mx[f], llo[j], lhi[j])
             if main < n_inner:
-                cn, bad_n, cm, cm2, clo, chi, bad = _careful_span(span[main:], k[f], policy)
+                tn, bad_n, tm, tm2, clo, chi, bad = _careful_span(span[main:], k[f], policy)
                 nonfinite[f] += bad_n
                 if bad == 1:
                     return f
-                n[f], mean[f], m2[f] = _chan(n[f], mean[f], m2[f], cn, cm, cm2)
+                sn, smean, sm2 = _chan(sn, smean, sm2, tn, tm, tm2)
                 mn[f], mx[f] = _merge_range(mn[f], mx[f], clo, chi)
+            level = 0
+            while used[f, level] == 1:  # binary carry: merge equal-rank partials
+                sn, smean, sm2 = _chan(cn[f, level], cmean[f, level], cm2[f, level], sn, smean, sm2)
+                used[f, level] = 0
+                level += 1
+            cn[f, level] = sn
+            cmean[f, level] = smean
+            cm2[f, level] = sm2
+            used[f, level] = 1
+    for f in range(n_feat):
+        tn = 0.0
+        tm = 0.0
+        tm2 = 0.0
+        for level in range(depth):
+            if used[f, level] == 1:  # older (larger) partials come first
+                tn, tm, tm2 = _chan(cn[f, level], cmean[f, level], cm2[f, level], tn, tm, tm2)
+        n[f], mean[f], m2[f] = _chan(n[f], mean[f], m2[f], tn, tm, tm2)
     return -1
 
 

@@ -533,3 +533,159 @@ def fold_float_lanes(n, nonfinite, mean, m2, mn, mx, n_feat):
         onf[f] += nonfinite[j]
         olo[f], ohi[f] = _merge_range(olo[f], ohi[f], mn[j], mx[j])
     return on, onf, om, om2, olo, ohi
+
+
+# --------------------------------------------------------------------------
+# distributions: sparse counts on a grid fixed in advance
+# --------------------------------------------------------------------------
+#
+# Every value maps to an int64 key whose order is the values' order; a
+# distribution is, per feature, the sorted occupied keys and their counts.
+# Counts are integers, so merging (adding) them is exact in any order.
+
+KEY_SKIP = np.iinfo(np.int64).min  # a value that does not enter (NaN; inf under omit)
+SUBNORMAL_KEYS = np.int64(1) << np.int64(52)  # |bits| below this: zero or subnormal
+ABS_MASK = np.int64(0x7FFFFFFFFFFFFFFF)
+INF_BITS = np.int64(0x7FF0000000000000)
+DENSE_WINDOW = 1 << 17  # key ranges up to this are counted in a dense window
+
+
+@_jit
+def grid_keys(bits, drop, keep_inf, out):
+    """(O, F, I) float64 bit patterns -> out[f, o*I + i]: keys of a log grid.
+
+    Zero and subnormals keep their exact bits as keys (below 2**52); normal
+    values keep sign, exponent and the top ``52 - drop`` mantissa bits, above
+    2**52. Negative values take negated keys, so key order is value order.
+    """
+    n_outer, n_feat, n_inner = bits.shape
+    for o in range(n_outer):
+        for f in range(n_feat):
+            for i in range(n_inner):
+                b = bits[o, f, i]
+                a = b & ABS_MASK
+                if a < SUBNORMAL_KEYS:
+                    mag = a
+                else:
+                    mag = SUBNORMAL_KEYS + ((a - SUBNORMAL_KEYS) >> drop)
+                key = -mag if b < 0 else mag
+                if a > INF_BITS or (a == INF_BITS and not keep_inf):
+                    key = KEY_SKIP
+                out[f, o * n_inner + i] = key
+
+
+@_jit
+def value_keys(x, out):
+    """(O, F, I) integers -> out[f, o*I + i] = the value (exact keys)."""
+    n_outer, n_feat, n_inner = x.shape
+    for o in range(n_outer):
+        for f in range(n_feat):
+            for i in range(n_inner):
+                out[f, o * n_inner + i] = np.int64(x[o, f, i])
+
+
+@_jit
+def _grow(arr, size):
+    out = np.empty(max(size, 2 * arr.shape[0]), arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
+
+
+@_jit
+def count_keys(keys):
+    """(F, M) int64 keys -> (offsets[F+1], sorted distinct keys, counts); KEY_SKIP left out.
+
+    Narrow key ranges are counted in a dense window, wide ones sorted.
+    """
+    n_feat, m = keys.shape
+    offsets = np.zeros(n_feat + 1, np.int64)
+    out_k = np.empty(max(16, min(m * n_feat, 1 << 16)), np.int64)
+    out_c = np.empty(out_k.shape[0], np.int64)
+    window = np.zeros(0, np.int64)
+    pos = 0
+    for f in range(n_feat):
+        row = keys[f]
+        lo = np.iinfo(np.int64).max
+        hi = KEY_SKIP
+        n = 0
+        for j in range(m):
+            k = row[j]
+            if k != KEY_SKIP:
+                n += 1
+                lo = k if k < lo else lo
+                hi = k if k > hi else hi
+        if n > 0:
+            span = hi - lo + 1
+            if span > 0 and span <= max(DENSE_WINDOW, 4 * n):
+                if window.shape[0] < span:
+                    window = np.zeros(span, np.int64)
+                for j in range(m):
+                    k = row[j]
+                    if k != KEY_SKIP:
+                        window[k - lo] += 1
+                distinct = 0
+                for j in range(span):
+                    if window[j] != 0:
+                        distinct += 1
+                if pos + distinct > out_k.shape[0]:
+                    out_k = _grow(out_k, pos + distinct)
+                    out_c = _grow(out_c, pos + distinct)
+                for j in range(span):
+                    if window[j] != 0:
+                        out_k[pos] = lo + j
+                        out_c[pos] = window[j]
+                        window[j] = 0
+                        pos += 1
+            else:
+                kept = np.empty(n, np.int64)
+                t = 0
+                for j in range(m):
+                    if row[j] != KEY_SKIP:
+                        kept[t] = row[j]
+                        t += 1
+                kept.sort()
+                if pos + n > out_k.shape[0]:
+                    out_k = _grow(out_k, pos + n)
+                    out_c = _grow(out_c, pos + n)
+                out_k[pos] = kept[0]
+                out_c[pos] = 1
+                for j in range(1, n):
+                    if kept[j] == out_k[pos]:
+                        out_c[pos] += 1
+                    else:
+                        pos += 1
+                        out_k[pos] = kept[j]
+                        out_c[pos] = 1
+                pos += 1
+        offsets[f + 1] = pos
+    return offsets, out_k[:pos].copy(), out_c[:pos].copy()
+
+
+@_jit
+def merge_counts(oa, ka, ca, ob, kb, cb):
+    """Sum of two sparse count sets (offsets, sorted keys, counts) feature by feature."""
+    n_feat = oa.shape[0] - 1
+    offsets = np.zeros(n_feat + 1, np.int64)
+    out_k = np.empty(ka.shape[0] + kb.shape[0], np.int64)
+    out_c = np.empty(ka.shape[0] + kb.shape[0], np.int64)
+    pos = 0
+    for f in range(n_feat):
+        i, i1 = oa[f], oa[f + 1]
+        j, j1 = ob[f], ob[f + 1]
+        while i < i1 or j < j1:
+            if j >= j1 or (i < i1 and ka[i] < kb[j]):
+                out_k[pos] = ka[i]
+                out_c[pos] = ca[i]
+                i += 1
+            elif i >= i1 or kb[j] < ka[i]:
+                out_k[pos] = kb[j]
+                out_c[pos] = cb[j]
+                j += 1
+            else:
+                out_k[pos] = ka[i]
+                out_c[pos] = ca[i] + cb[j]
+                i += 1
+                j += 1
+            pos += 1
+        offsets[f + 1] = pos
+    return offsets, out_k[:pos].copy(), out_c[:pos].copy()

@@ -250,7 +250,8 @@ class Distribution:
             with np.errstate(invalid="ignore"):
                 diff = b - a
                 res = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)  # numpy's _lerp
-                res = np.where(a == b, a, res)  # infinities: inf - inf is no answer
+                # an infinite end wins wherever it has weight (numpy's lerp gives NaN there)
+                res = np.where(np.isinf(a), a, np.where(np.isinf(b) & (gamma > 0), b, res))
             out[:, f] = np.clip(res, lo[f], hi[f])
         return out
 

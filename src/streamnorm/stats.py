@@ -514,8 +514,10 @@ class Stats:
         >>> import numpy as np, streamnorm as sn
         >>> x = np.arange(1, 1001, dtype=np.float32).reshape(-1, 1)
         >>> s = sn.compute_stats(x, layout="NF", histogram=True)
-        >>> float(s.quantile(0.5)[0]), s.quantile([0.0, 1.0])[:, 0].tolist()
-        (500.5, [1.0, 1000.0])
+        >>> s.quantile_error, s.quantile([0.0, 1.0])[:, 0].tolist()   # min and max are exact
+        (0.001, [1.0, 1000.0])
+        >>> bool(abs(s.median[0] - np.median(x)) <= 1e-3 * 501)
+        True
 
         Parameters
         ----------

@@ -34,7 +34,8 @@ META_QUANTILE_ERROR = "streamnorm.quantile_error"
 KEYS, COUNTS = "distribution_keys", "distribution_counts"
 FIELDS = [pa.field(KEYS, pa.list_(pa.int64()), nullable=True),
           pa.field(COUNTS, pa.list_(pa.int64()), nullable=True)]
-_EXACT_DTYPES = frozenset(["bool", "int8", "uint8", "int16", "uint16"])
+# int32: int8 and uint16 data together promote to it, and their values stay exact
+_EXACT_DTYPES = frozenset(["bool", "int8", "uint8", "int16", "uint16", "int32"])
 
 
 def metadata(dist: Distribution | None) -> dict[str, str]:

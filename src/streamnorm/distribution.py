@@ -206,7 +206,11 @@ class Distribution:
         first = parts[0]
         for p in parts[1:]:
             if p.kind != first.kind or p.bits != first.bits:
-                raise IncompatibleStatsError(f"cannot join a {p.describe()} with a {first.describe()}")
+                raise IncompatibleStatsError(
+                    f"cannot keep a {p.describe()} beside a {first.describe()} in one set of statistics; "
+                    f"select features of one kind (bool/8/16-bit integers, or floats and wider "
+                    f"integers with one quantile_error), or drop histogram=True"
+                )
         return Distribution.stack(first.kind, max(p.error for p in parts),
                                   [p.feature(f) for p in parts for f in range(p.n_features)])
 

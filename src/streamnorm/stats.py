@@ -491,7 +491,24 @@ class Stats:
             return 0.0
         return float("nan") if self.distribution is None else self.distribution.error
 
-    def _counts(self) -> Distribution:
+    def sparse_distribution(self) -> Distribution:
+        """Each feature's distribution as a :class:`Distribution`, 8-bit histograms included.
+
+        Raises :class:`StreamnormError` (naming ``histogram=True``) without one.
+
+        Examples
+        --------
+        >>> import numpy as np, streamnorm as sn
+        >>> s = sn.compute_stats(np.array([[3], [3], [7]], np.uint8), layout="NF", histogram=True)
+        >>> d = s.sparse_distribution()
+        >>> d.values(0).tolist(), d.counts.tolist()
+        ([3.0, 7.0], [2, 1])
+        """
+        if not self.has_distribution:
+            raise StreamnormError(
+                "these statistics carry no distribution; accumulate them with "
+                "StatsAccumulator(..., histogram=True) (or compute_stats(..., histogram=True))"
+            )
         if self.distribution is not None:
             return self.distribution
         return Distribution.from_dense(self.histogram, self.histogram_offset)
@@ -550,7 +567,7 @@ class Stats:
             )
         if np.any(~((qs >= 0) & (qs <= 1))):
             raise StreamnormError(f"quantiles must be in [0, 1], got {q!r}")
-        out = self._counts().quantile(np.atleast_1d(qs), self.min, self.max)
+        out = self.sparse_distribution().quantile(np.atleast_1d(qs), self.min, self.max)
         return out[0] if qs.ndim == 0 else out
 
     @property
@@ -717,7 +734,10 @@ class Stats:
         if not parts:
             raise StreamnormError("Stats.concat needs at least one Stats")
         hists = [p.histogram for p in parts]
-        dists = [p.distribution for p in parts]
+        distribution = None
+        if all(p.has_distribution for p in parts) and any(h is None for h in hists):
+            # 8-bit bins join 16-bit or grid counts as sparse counts; exact and grid do not mix
+            distribution = Distribution.concat([p.sparse_distribution() for p in parts])
         exact = all(p.int_sum is not None for p in parts)
         per_feature = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _FEATURE_ARRAYS}
         return Stats(
@@ -726,7 +746,7 @@ class Stats:
             histogram=None if any(h is None for h in hists) else np.concatenate(hists, axis=0),
             int_sum=tuple(v for p in parts for v in p.int_sum) if exact else None,
             int_sumsq=tuple(v for p in parts for v in p.int_sumsq) if exact else None,
-            distribution=None if any(d is None for d in dists) else Distribution.concat(dists),
+            distribution=distribution,
             **per_feature,
         )
 

@@ -153,3 +153,17 @@ def test_different_grids_do_not_merge():
     b = sn.compute_stats(np.ones((3, 1)), layout="NF", histogram=True, quantile_error=1e-6)
     with pytest.raises(sn.StreamnormError, match="grids differ"):
         a.merge(b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.uint32, (40, 2)), st.sampled_from(ERRORS), st.sampled_from(["propagate", "omit"]))
+def test_float32_keys_from_their_own_bits_equal_the_float64_keys(bits, error, policy):
+    # every float32 pattern: subnormals, zeros, infinities and NaNs included
+    x32 = bits.view(np.float32)
+    kwargs = dict(layout="NF", histogram=True, quantile_error=error, nan_policy=policy)
+    a = sn.compute_stats(x32, **kwargs).distribution
+    b = sn.compute_stats(x32.astype(np.float64), **kwargs).distribution
+    assert a.equals(b)
+    planes = sn.compute_stats(np.ascontiguousarray(x32.T).reshape(1, 2, 40), layout="NCL", histogram=True,
+                              quantile_error=error, nan_policy=policy).distribution
+    assert planes.equals(a)

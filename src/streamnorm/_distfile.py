@@ -108,10 +108,8 @@ def _first(bad: np.ndarray, names: Sequence[str]) -> str:
 
 def grid_key(values: np.ndarray, error: float) -> np.ndarray:
     """Grid keys of float64 values (NaN gets the skip key)."""
-    bits = np.ascontiguousarray(values, dtype=np.float64).reshape(1, -1, 1).view(np.int64)
-    out = np.empty((bits.shape[1], 1), np.int64)
-    K.grid_keys(bits, np.int64(52 - grid_bits(error)), True, out)
-    return out[:, 0]
+    bits = np.ascontiguousarray(values, dtype=np.float64).reshape(-1).view(np.int64)
+    return K.grid_keys_of(bits, np.int64(52 - grid_bits(error)))
 
 
 def problem(dist: Distribution, a: Mapping[str, np.ndarray], exact: Mapping[str, object], dtype: str,

@@ -550,113 +550,131 @@ INF_BITS = np.int64(0x7FF0000000000000)
 DENSE_WINDOW = 1 << 17  # key ranges up to this are counted in a dense window
 
 
-@_jit
-def grid_keys(bits, drop, keep_inf, out):
-    """(O, F, I) float64 bit patterns -> out[f, o*I + i]: keys of a log grid.
-
-    Zero and subnormals keep their exact bits as keys (below 2**52); normal
-    values keep sign, exponent and the top ``52 - drop`` mantissa bits, above
-    2**52. Negative values take negated keys, so key order is value order.
-    """
-    n_outer, n_feat, n_inner = bits.shape
-    for o in range(n_outer):
-        for f in range(n_feat):
-            for i in range(n_inner):
-                b = bits[o, f, i]
-                a = b & ABS_MASK
-                if a < SUBNORMAL_KEYS:
-                    mag = a
-                else:
-                    mag = SUBNORMAL_KEYS + ((a - SUBNORMAL_KEYS) >> drop)
-                key = -mag if b < 0 else mag
-                if a > INF_BITS or (a == INF_BITS and not keep_inf):
-                    key = KEY_SKIP
-                out[f, o * n_inner + i] = key
+KEY_VALUE = 0  # exact: the integer value is its key
+KEY_F64 = 1  # log grid, from float64 bits (an int64 view)
+KEY_F32 = 2  # log grid, from float32 bits (an int32 view), as the float64 of the same value
 
 
 @_jit
-def value_keys(x, out):
-    """(O, F, I) integers -> out[f, o*I + i] = the value (exact keys)."""
-    n_outer, n_feat, n_inner = x.shape
-    for o in range(n_outer):
-        for f in range(n_feat):
-            for i in range(n_inner):
-                out[f, o * n_inner + i] = np.int64(x[o, f, i])
+def _f32_as_f64_magnitude(a):
+    """float64 bits of |v| for the float32 whose bits without sign are ``a`` (exact)."""
+    if a >= 0x7F800000:  # inf, or NaN (any NaN pattern of float64)
+        return INF_BITS if a == 0x7F800000 else INF_BITS + 1
+    if a >= 0x00800000:  # normal: rebias the exponent (1023 - 127), widen the mantissa
+        return (a << 29) + (np.int64(896) << 52)
+    if a == 0:
+        return np.int64(0)
+    p = 22  # float32 subnormal a * 2**-149: normal in float64, leading bit at 2**p
+    while (a >> p) == 0:
+        p -= 1
+    return (np.int64(p - 149 + 1023) << 52) + ((a - (np.int64(1) << p)) << (52 - p))
 
 
 @_jit
-def _grow(arr, size):
-    out = np.empty(max(size, 2 * arr.shape[0]), arr.dtype)
-    out[: arr.shape[0]] = arr
+def _key(x, mode, drop, keep_inf):
+    """The key of one value (KEY_SKIP for NaN, and for inf unless ``keep_inf``)."""
+    if mode == KEY_VALUE:
+        return np.int64(x)
+    if mode == KEY_F64:
+        b = np.int64(x)
+        neg = b < 0
+        a = b & ABS_MASK
+    else:
+        b = np.int64(np.int32(x))
+        neg = b < 0
+        a = _f32_as_f64_magnitude(b & 0x7FFFFFFF)
+    if a > INF_BITS or (a == INF_BITS and not keep_inf):
+        return KEY_SKIP
+    mag = a if a < SUBNORMAL_KEYS else SUBNORMAL_KEYS + ((a - SUBNORMAL_KEYS) >> drop)
+    return -mag if neg else mag
+
+
+@_jit
+def grid_keys_of(bits, drop):
+    """Keys of float64 values given as an int64 view (infinities kept)."""
+    out = np.empty(bits.shape[0], np.int64)
+    for j in range(bits.shape[0]):
+        out[j] = _key(bits[j], KEY_F64, drop, True)
     return out
 
 
 @_jit
-def count_keys(keys):
-    """(F, M) int64 keys -> (offsets[F+1], sorted distinct keys, counts); KEY_SKIP left out.
+def dist_counts(x, mode, drop, keep_inf):
+    """(O, F, I) values -> (offsets[F+1], sorted distinct keys, counts) per feature.
 
-    Narrow key ranges are counted in a dense window, wide ones sorted.
+    Keys are computed from the values' bits on the fly (``mode``: KEY_VALUE,
+    KEY_F64 on an int64 view, KEY_F32 on an int32 view). A first pass finds
+    each feature's key range; narrow ranges are counted in dense windows side
+    by side in a second pass in memory order; wider ones are gathered and
+    sorted. Counts are exact integers.
     """
-    n_feat, m = keys.shape
+    n_outer, n_feat, n_inner = x.shape
+    lo = np.full(n_feat, np.iinfo(np.int64).max)
+    hi = np.full(n_feat, KEY_SKIP)
+    n = np.zeros(n_feat, np.int64)
+    for o in range(n_outer):
+        for f in range(n_feat):
+            for i in range(n_inner):
+                k = _key(x[o, f, i], mode, drop, keep_inf)
+                if k != KEY_SKIP:
+                    n[f] += 1
+                    lo[f] = min(lo[f], k)
+                    hi[f] = max(hi[f], k)
+    start = np.zeros(n_feat + 1, np.int64)
+    dense = np.zeros(n_feat, np.bool_)
+    for f in range(n_feat):
+        span = hi[f] - lo[f] + 1 if n[f] > 0 else 0
+        dense[f] = n[f] > 0 and span > 0 and span <= max(DENSE_WINDOW, 4 * n[f])
+        start[f + 1] = start[f] + (span if dense[f] else 0)
+    window = np.zeros(start[n_feat], np.int64)
+    base = np.empty(n_feat, np.int64)
+    for f in range(n_feat):
+        base[f] = start[f] - lo[f]
+    for o in range(n_outer):
+        for f in range(n_feat):
+            if dense[f]:
+                for i in range(n_inner):
+                    k = _key(x[o, f, i], mode, drop, keep_inf)
+                    if k != KEY_SKIP:
+                        window[base[f] + k] += 1
+    size = 0
+    for f in range(n_feat):
+        if dense[f]:
+            for j in range(start[f], start[f + 1]):
+                size += window[j] != 0
+        else:
+            size += n[f]
     offsets = np.zeros(n_feat + 1, np.int64)
-    out_k = np.empty(max(16, min(m * n_feat, 1 << 16)), np.int64)
-    out_c = np.empty(out_k.shape[0], np.int64)
-    window = np.zeros(0, np.int64)
+    out_k = np.empty(size, np.int64)
+    out_c = np.empty(size, np.int64)
     pos = 0
     for f in range(n_feat):
-        row = keys[f]
-        lo = np.iinfo(np.int64).max
-        hi = KEY_SKIP
-        n = 0
-        for j in range(m):
-            k = row[j]
-            if k != KEY_SKIP:
-                n += 1
-                lo = k if k < lo else lo
-                hi = k if k > hi else hi
-        if n > 0:
-            span = hi - lo + 1
-            if span > 0 and span <= max(DENSE_WINDOW, 4 * n):
-                if window.shape[0] < span:
-                    window = np.zeros(span, np.int64)
-                for j in range(m):
-                    k = row[j]
+        if dense[f]:
+            for j in range(start[f], start[f + 1]):
+                if window[j] != 0:
+                    out_k[pos] = j - base[f]
+                    out_c[pos] = window[j]
+                    pos += 1
+        elif n[f] > 0:
+            kept = np.empty(n[f], np.int64)
+            t = 0
+            for o in range(n_outer):
+                for i in range(n_inner):
+                    k = _key(x[o, f, i], mode, drop, keep_inf)
                     if k != KEY_SKIP:
-                        window[k - lo] += 1
-                distinct = 0
-                for j in range(span):
-                    if window[j] != 0:
-                        distinct += 1
-                if pos + distinct > out_k.shape[0]:
-                    out_k = _grow(out_k, pos + distinct)
-                    out_c = _grow(out_c, pos + distinct)
-                for j in range(span):
-                    if window[j] != 0:
-                        out_k[pos] = lo + j
-                        out_c[pos] = window[j]
-                        window[j] = 0
-                        pos += 1
-            else:
-                kept = np.empty(n, np.int64)
-                t = 0
-                for j in range(m):
-                    if row[j] != KEY_SKIP:
-                        kept[t] = row[j]
+                        kept[t] = k
                         t += 1
-                kept.sort()
-                if pos + n > out_k.shape[0]:
-                    out_k = _grow(out_k, pos + n)
-                    out_c = _grow(out_c, pos + n)
-                out_k[pos] = kept[0]
-                out_c[pos] = 1
-                for j in range(1, n):
-                    if kept[j] == out_k[pos]:
-                        out_c[pos] += 1
-                    else:
-                        pos += 1
-                        out_k[pos] = kept[j]
-                        out_c[pos] = 1
-                pos += 1
+            kept.sort()
+            out_k[pos] = kept[0]
+            out_c[pos] = 1
+            for j in range(1, t):
+                if kept[j] == out_k[pos]:
+                    out_c[pos] += 1
+                else:
+                    pos += 1
+                    out_k[pos] = kept[j]
+                    out_c[pos] = 1
+            pos += 1
         offsets[f + 1] = pos
     return offsets, out_k[:pos].copy(), out_c[:pos].copy()
 

@@ -290,15 +290,14 @@ def count_batch(view: np.ndarray, kind: str, error: float, keep_inf: bool) -> Di
     NaN never enters (quantiles of data holding NaN are NaN, as numpy's);
     infinities enter only with ``keep_inf``.
     """
-    n_outer, n_feat, n_inner = view.shape
-    keys = np.empty((n_feat, n_outer * n_inner), np.int64)
+    drop = np.int64(MANTISSA_BITS - grid_bits(error)) if kind == GRID else np.int64(0)
     if kind == EXACT:
-        K.value_keys(view, keys)
+        mode, x = K.KEY_VALUE, view
+    elif view.dtype == np.float32:
+        mode, x = K.KEY_F32, view.view(np.int32)
     else:
-        bits = np.ascontiguousarray(view, dtype=np.float64).view(np.int64)
-        K.grid_keys(bits, np.int64(MANTISSA_BITS - grid_bits(error)), keep_inf, keys)
-    offsets, k, c = K.count_keys(keys)
-    return Distribution(kind, error, offsets, k, c)
+        mode, x = K.KEY_F64, view.astype(np.float64, copy=False).view(np.int64)
+    return Distribution(kind, error, *K.dist_counts(x, mode, drop, keep_inf))
 
 
 def exact_sums(dist: Distribution) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:

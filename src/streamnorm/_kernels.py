@@ -33,6 +33,7 @@ Set ``STREAMNORM_DISABLE_JIT=1`` to run the very same functions as plain Python
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -599,27 +600,69 @@ def grid_keys_of(bits, drop):
 
 
 @_jit
-def dist_counts(x, mode, drop, keep_inf):
-    """(O, F, I) values -> (offsets[F+1], sorted distinct keys, counts) per feature.
+def _float_key(v, drop):
+    """The grid key of a float64 value, from frexp (exact; used once per feature)."""
+    a = abs(v)
+    if a == 0.0:
+        mag = np.int64(0)
+    elif a == np.inf:
+        mag = SUBNORMAL_KEYS + ((INF_BITS - SUBNORMAL_KEYS) >> drop)
+    elif a < 2.0 ** -1022:  # subnormal: its bits are its multiple of 2**-1074
+        mag = np.int64(a * 2.0 ** 537 * 2.0 ** 537)
+    else:
+        m, e = math.frexp(a)  # a = m * 2**e, 0.5 <= m < 1
+        bits = (np.int64(e + 1022) << 52) + np.int64((2.0 * m - 1.0) * 2.0 ** 52)
+        mag = SUBNORMAL_KEYS + ((bits - SUBNORMAL_KEYS) >> drop)
+    return -mag if v < 0 else mag
 
-    Keys are computed from the values' bits on the fly (``mode``: KEY_VALUE,
-    KEY_F64 on an int64 view, KEY_F32 on an int32 view). A first pass finds
-    each feature's key range; narrow ranges are counted in dense windows side
-    by side in a second pass in memory order; wider ones are gathered and
-    sorted. Counts are exact integers.
-    """
-    n_outer, n_feat, n_inner = x.shape
-    lo = np.full(n_feat, np.iinfo(np.int64).max)
-    hi = np.full(n_feat, KEY_SKIP)
-    n = np.zeros(n_feat, np.int64)
+
+@_jit
+def _value_range(vals, keep_inf, lo, hi, n):
+    """Per-feature min, max and count of the values that enter (no NaN; inf only with keep_inf)."""
+    n_outer, n_feat, n_inner = vals.shape
+    if n_inner == 1:  # rows of features: the inner loop runs along memory
+        for o in range(n_outer):
+            for f in range(n_feat):
+                v = np.float64(vals[o, f, 0])
+                if v == v and (keep_inf or abs(v) != np.inf):
+                    n[f] += 1
+                    lo[f] = min(lo[f], v)
+                    hi[f] = max(hi[f], v)
+        return
     for o in range(n_outer):
         for f in range(n_feat):
+            a, b, c = lo[f], hi[f], np.int64(0)
             for i in range(n_inner):
-                k = _key(x[o, f, i], mode, drop, keep_inf)
-                if k != KEY_SKIP:
-                    n[f] += 1
-                    lo[f] = min(lo[f], k)
-                    hi[f] = max(hi[f], k)
+                v = np.float64(vals[o, f, i])
+                if v == v and (keep_inf or abs(v) != np.inf):
+                    c += 1
+                    a = min(a, v)
+                    b = max(b, v)
+            lo[f], hi[f], n[f] = a, b, n[f] + c
+
+
+@_jit
+def dist_counts(x, vals, mode, drop, keep_inf):
+    """(O, F, I) values -> (offsets[F+1], sorted distinct keys, counts) per feature.
+
+    ``vals`` holds the values, ``x`` the same memory as read for keys
+    (``mode``: KEY_VALUE, KEY_F64 on an int64 view, KEY_F32 on an int32 view).
+    A first pass finds each feature's value range (keys are monotone in the
+    value, so the key range follows); narrow key ranges are counted in dense
+    windows side by side in a second pass in memory order; wider ones are
+    gathered and sorted. Counts are exact integers.
+    """
+    n_outer, n_feat, n_inner = x.shape
+    vlo = np.full(n_feat, np.inf)
+    vhi = np.full(n_feat, -np.inf)
+    n = np.zeros(n_feat, np.int64)
+    _value_range(vals, keep_inf, vlo, vhi, n)
+    lo = np.zeros(n_feat, np.int64)
+    hi = np.zeros(n_feat, np.int64)
+    for f in range(n_feat):
+        if n[f] > 0:
+            lo[f] = np.int64(vlo[f]) if mode == KEY_VALUE else _float_key(vlo[f], drop)
+            hi[f] = np.int64(vhi[f]) if mode == KEY_VALUE else _float_key(vhi[f], drop)
     start = np.zeros(n_feat + 1, np.int64)
     dense = np.zeros(n_feat, np.bool_)
     for f in range(n_feat):
@@ -630,13 +673,20 @@ def dist_counts(x, mode, drop, keep_inf):
     base = np.empty(n_feat, np.int64)
     for f in range(n_feat):
         base[f] = start[f] - lo[f]
-    for o in range(n_outer):
-        for f in range(n_feat):
-            if dense[f]:
-                for i in range(n_inner):
-                    k = _key(x[o, f, i], mode, drop, keep_inf)
-                    if k != KEY_SKIP:
-                        window[base[f] + k] += 1
+    if n_inner == 1:
+        for o in range(n_outer):
+            for f in range(n_feat):
+                k = _key(x[o, f, 0], mode, drop, keep_inf)
+                if k != KEY_SKIP and dense[f]:
+                    window[base[f] + k] += 1
+    else:
+        for o in range(n_outer):
+            for f in range(n_feat):
+                if dense[f]:
+                    for i in range(n_inner):
+                        k = _key(x[o, f, i], mode, drop, keep_inf)
+                        if k != KEY_SKIP:
+                            window[base[f] + k] += 1
     size = 0
     for f in range(n_feat):
         if dense[f]:

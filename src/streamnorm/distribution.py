@@ -297,7 +297,7 @@ def count_batch(view: np.ndarray, kind: str, error: float, keep_inf: bool) -> Di
         mode, x = K.KEY_F32, view.view(np.int32)
     else:
         mode, x = K.KEY_F64, view.astype(np.float64, copy=False).view(np.int64)
-    return Distribution(kind, error, *K.dist_counts(x, mode, drop, keep_inf))
+    return Distribution(kind, error, *K.dist_counts(x, view, mode, drop, keep_inf))
 
 
 def exact_sums(dist: Distribution) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:

@@ -549,6 +549,7 @@ SUBNORMAL_KEYS = np.int64(1) << np.int64(52)  # |bits| below this: zero or subno
 ABS_MASK = np.int64(0x7FFFFFFFFFFFFFFF)
 INF_BITS = np.int64(0x7FF0000000000000)
 DENSE_WINDOW = 1 << 17  # key ranges up to this are counted in a dense window
+TINY = 2.0 ** -1022  # the smallest normal float64
 
 
 KEY_VALUE = 0  # exact: the integer value is its key
@@ -617,28 +618,45 @@ def _float_key(v, drop):
 
 
 @_jit
-def _value_range(vals, keep_inf, lo, hi, n):
-    """Per-feature min, max and count of the values that enter (no NaN; inf only with keep_inf)."""
+def _side(v, mode):
+    """0: negative normal, 1: positive normal (every exact value), 2: zero or subnormal."""
+    if mode == KEY_VALUE or v >= TINY:
+        return 1
+    return 0 if v <= -TINY else 2
+
+
+@_jit
+def _value_ranges(vals, mode, keep_inf, lo, hi, n):
+    """Per-feature min, max and count of the entering values on each side (see :func:`_side`)."""
     n_outer, n_feat, n_inner = vals.shape
-    if n_inner == 1:  # rows of features: the inner loop runs along memory
-        for o in range(n_outer):
-            for f in range(n_feat):
-                v = np.float64(vals[o, f, 0])
-                if v == v and (keep_inf or abs(v) != np.inf):
-                    n[f] += 1
-                    lo[f] = min(lo[f], v)
-                    hi[f] = max(hi[f], v)
-        return
     for o in range(n_outer):
         for f in range(n_feat):
-            a, b, c = lo[f], hi[f], np.int64(0)
             for i in range(n_inner):
                 v = np.float64(vals[o, f, i])
                 if v == v and (keep_inf or abs(v) != np.inf):
-                    c += 1
-                    a = min(a, v)
-                    b = max(b, v)
-            lo[f], hi[f], n[f] = a, b, n[f] + c
+                    side = _side(v, mode)
+                    n[side, f] += 1
+                    lo[side, f] = min(lo[side, f], v)
+                    hi[side, f] = max(hi[side, f], v)
+
+
+@_jit
+def _emit_sorted(kept, t, out_k, out_c, pos):
+    """Run-length ``kept[:t]`` (sorted here) into out_k/out_c from ``pos``; the new pos."""
+    if t == 0:
+        return pos
+    part = kept[:t]
+    part.sort()
+    out_k[pos] = part[0]
+    out_c[pos] = 1
+    for j in range(1, t):
+        if part[j] == out_k[pos]:
+            out_c[pos] += 1
+        else:
+            pos += 1
+            out_k[pos] = part[j]
+            out_c[pos] = 1
+    return pos + 1
 
 
 @_jit
@@ -647,84 +665,73 @@ def dist_counts(x, vals, mode, drop, keep_inf):
 
     ``vals`` holds the values, ``x`` the same memory as read for keys
     (``mode``: KEY_VALUE, KEY_F64 on an int64 view, KEY_F32 on an int32 view).
-    A first pass finds each feature's value range (keys are monotone in the
-    value, so the key range follows); narrow key ranges are counted in dense
-    windows side by side in a second pass in memory order; wider ones are
-    gathered and sorted. Counts are exact integers.
+    A first pass finds each feature's value range on each side of zero (keys
+    are monotone in the value, so key ranges follow, without the gap that the
+    exact subnormal keys leave between the signs); narrow key ranges are
+    counted in dense windows in a second pass in memory order; zeros and
+    subnormals, and features with a wide range, are gathered and sorted.
+    Counts are exact integers.
     """
     n_outer, n_feat, n_inner = x.shape
-    vlo = np.full(n_feat, np.inf)
-    vhi = np.full(n_feat, -np.inf)
-    n = np.zeros(n_feat, np.int64)
-    _value_range(vals, keep_inf, vlo, vhi, n)
-    lo = np.zeros(n_feat, np.int64)
-    hi = np.zeros(n_feat, np.int64)
+    vlo = np.full((3, n_feat), np.inf)
+    vhi = np.full((3, n_feat), -np.inf)
+    n = np.zeros((3, n_feat), np.int64)
+    _value_ranges(vals, mode, keep_inf, vlo, vhi, n)
+    klo = np.zeros((2, n_feat), np.int64)
+    start = np.zeros(2 * n_feat + 1, np.int64)
+    dense = np.ones(n_feat, np.bool_)
     for f in range(n_feat):
-        if n[f] > 0:
-            lo[f] = np.int64(vlo[f]) if mode == KEY_VALUE else _float_key(vlo[f], drop)
-            hi[f] = np.int64(vhi[f]) if mode == KEY_VALUE else _float_key(vhi[f], drop)
-    start = np.zeros(n_feat + 1, np.int64)
-    dense = np.zeros(n_feat, np.bool_)
+        for side in range(2):
+            if n[side, f] > 0:
+                a = np.int64(vlo[side, f]) if mode == KEY_VALUE else _float_key(vlo[side, f], drop)
+                b = np.int64(vhi[side, f]) if mode == KEY_VALUE else _float_key(vhi[side, f], drop)
+                klo[side, f] = a
+                if b - a + 1 > max(DENSE_WINDOW, 4 * n[side, f]):
+                    dense[f] = False
     for f in range(n_feat):
-        span = hi[f] - lo[f] + 1 if n[f] > 0 else 0
-        dense[f] = n[f] > 0 and span > 0 and span <= max(DENSE_WINDOW, 4 * n[f])
-        start[f + 1] = start[f] + (span if dense[f] else 0)
-    window = np.zeros(start[n_feat], np.int64)
-    base = np.empty(n_feat, np.int64)
+        for side in range(2):
+            span = 0
+            if dense[f] and n[side, f] > 0:
+                hi_key = np.int64(vhi[side, f]) if mode == KEY_VALUE else _float_key(vhi[side, f], drop)
+                span = hi_key - klo[side, f] + 1
+            start[2 * f + side + 1] = start[2 * f + side] + span
+    window = np.zeros(start[2 * n_feat], np.int64)
+    small_at = np.zeros(n_feat + 1, np.int64)
     for f in range(n_feat):
-        base[f] = start[f] - lo[f]
-    if n_inner == 1:
-        for o in range(n_outer):
-            for f in range(n_feat):
-                k = _key(x[o, f, 0], mode, drop, keep_inf)
-                if k != KEY_SKIP and dense[f]:
-                    window[base[f] + k] += 1
-    else:
-        for o in range(n_outer):
-            for f in range(n_feat):
-                if dense[f]:
-                    for i in range(n_inner):
-                        k = _key(x[o, f, i], mode, drop, keep_inf)
-                        if k != KEY_SKIP:
-                            window[base[f] + k] += 1
-    size = 0
-    for f in range(n_feat):
-        if dense[f]:
-            for j in range(start[f], start[f + 1]):
-                size += window[j] != 0
-        else:
-            size += n[f]
+        small_at[f + 1] = small_at[f] + (n[2, f] if dense[f] else n[0, f] + n[1, f] + n[2, f])
+    small = np.empty(small_at[n_feat], np.int64)
+    filled = small_at[:n_feat].copy()
+    for o in range(n_outer):
+        for f in range(n_feat):
+            for i in range(n_inner):
+                k = _key(x[o, f, i], mode, drop, keep_inf)
+                if k == KEY_SKIP:
+                    continue
+                if dense[f] and (mode == KEY_VALUE or k >= SUBNORMAL_KEYS):
+                    window[start[2 * f + 1] + k - klo[1, f]] += 1
+                elif dense[f] and k <= -SUBNORMAL_KEYS:
+                    window[start[2 * f] + k - klo[0, f]] += 1
+                else:
+                    small[filled[f]] = k
+                    filled[f] += 1
+    size = small.shape[0]
+    for j in range(window.shape[0]):
+        size += window[j] != 0
     offsets = np.zeros(n_feat + 1, np.int64)
     out_k = np.empty(size, np.int64)
     out_c = np.empty(size, np.int64)
     pos = 0
     for f in range(n_feat):
-        if dense[f]:
-            for j in range(start[f], start[f + 1]):
+        for side in (0, 2, 1):  # ascending keys: negatives, zero and subnormals, positives
+            if side == 2:
+                pos = _emit_sorted(small[small_at[f]:small_at[f + 1]], filled[f] - small_at[f],
+                                   out_k, out_c, pos)
+                continue
+            for j in range(start[2 * f + side], start[2 * f + side + 1]):
                 if window[j] != 0:
-                    out_k[pos] = j - base[f]
+                    out_k[pos] = klo[side, f] + (j - start[2 * f + side])
                     out_c[pos] = window[j]
                     pos += 1
-        elif n[f] > 0:
-            kept = np.empty(n[f], np.int64)
-            t = 0
-            for o in range(n_outer):
-                for i in range(n_inner):
-                    k = _key(x[o, f, i], mode, drop, keep_inf)
-                    if k != KEY_SKIP:
-                        kept[t] = k
-                        t += 1
-            kept.sort()
-            out_k[pos] = kept[0]
-            out_c[pos] = 1
-            for j in range(1, t):
-                if kept[j] == out_k[pos]:
-                    out_c[pos] += 1
-                else:
-                    pos += 1
-                    out_k[pos] = kept[j]
-                    out_c[pos] = 1
-            pos += 1
         offsets[f + 1] = pos
     return offsets, out_k[:pos].copy(), out_c[:pos].copy()
 

@@ -167,3 +167,10 @@ def test_float32_keys_from_their_own_bits_equal_the_float64_keys(bits, error, po
     planes = sn.compute_stats(np.ascontiguousarray(x32.T).reshape(1, 2, 40), layout="NCL", histogram=True,
                               quantile_error=error, nan_policy=policy).distribution
     assert planes.equals(a)
+
+
+def test_quantiles_between_ends_further_apart_than_the_float64_range():
+    x = np.array([[-1.7976931348623157e308], [9.97920155e291], [9.97920155e291]])
+    s = sn.compute_stats(x, layout="NF", histogram=True, quantile_error=0.4)
+    _check(s, x, 0.4)
+    assert np.isfinite(s.quantile(QS)).all()

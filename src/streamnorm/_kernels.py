@@ -764,3 +764,112 @@ def merge_counts(oa, ka, ca, ob, kb, cb):
             pos += 1
         offsets[f + 1] = pos
     return offsets, out_k[:pos].copy(), out_c[:pos].copy()
+
+
+@_jit
+def _rows_range(vals, keep_inf, lo, hi, pos_min, neg_max, n, n_small):
+    """(R, F) floats: per-feature min, max, smallest positive and largest negative normal
+    value, count of entering values and of zeros/subnormals; branch-free, along memory."""
+    n_rows, n_feat = vals.shape
+    for r in range(n_rows):
+        for f in range(n_feat):
+            v = np.float64(vals[r, f])
+            a = abs(v)
+            enters = v == v and (keep_inf or a != np.inf)
+            v = v if enters else np.nan  # NaN fails every comparison below
+            lo[f] = v if v < lo[f] else lo[f]
+            hi[f] = v if v > hi[f] else hi[f]
+            pos_min[f] = v if (v >= TINY and v < pos_min[f]) else pos_min[f]
+            neg_max[f] = v if (v <= -TINY and v > neg_max[f]) else neg_max[f]
+            n[f] += enters
+            n_small[f] += enters and a < TINY
+
+
+@_jit
+def dist_counts_rows(x, vals, mode, drop, keep_inf):
+    """:func:`dist_counts` for (R, F) floats with narrow key ranges and no zeros/subnormals.
+
+    Returns ``(ok, offsets, keys, counts)``; ``ok`` is False (nothing counted)
+    where a feature needs the general kernel. Keys come from the bits with one
+    range check per value: a float32's float64 exponent is its own rebiased.
+    """
+    n_rows, n_feat = x.shape
+    if mode == KEY_F32 and drop < 29:  # float32 values each in a bucket of their own: general kernel
+        return False, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo = np.full(n_feat, np.inf)
+    hi = np.full(n_feat, -np.inf)
+    pos_min = np.full(n_feat, np.inf)
+    neg_max = np.full(n_feat, -np.inf)
+    n = np.zeros(n_feat, np.int64)
+    n_small = np.zeros(n_feat, np.int64)
+    _rows_range(vals, keep_inf, lo, hi, pos_min, neg_max, n, n_small)
+    # window of feature f: negative keys at nb[f] - mag, positive keys at pb[f] + mag
+    nb = np.zeros(n_feat, np.int64)
+    pb = np.zeros(n_feat, np.int64)
+    spans = np.zeros((2, n_feat), np.int64)
+    klo = np.zeros((2, n_feat), np.int64)
+    total = np.int64(0)
+    for f in range(n_feat):
+        if n_small[f] > 0 or abs(lo[f]) == np.inf or abs(hi[f]) == np.inf:
+            return False, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if n[f] == 0:
+            continue
+        if lo[f] < 0:  # negative keys run from key(lo) to key(neg_max)
+            a, b = _float_key(lo[f], drop), _float_key(neg_max[f], drop)
+            spans[0, f], klo[0, f] = b - a + 1, a
+        if hi[f] > 0:
+            a, b = _float_key(pos_min[f], drop), _float_key(hi[f], drop)
+            spans[1, f], klo[1, f] = b - a + 1, a
+        if spans[0, f] + spans[1, f] > max(DENSE_WINDOW, 4 * n[f]):
+            return False, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        nb[f] = total - klo[0, f]  # key -mag sits at total + (-mag - klo0)
+        pb[f] = total + spans[0, f] - klo[1, f]
+        total += spans[0, f] + spans[1, f]
+    window = np.zeros(total, np.int64)
+    shift = drop - 29
+    wide = mode == KEY_F64
+    for r in range(n_rows):
+        for f in range(n_feat):
+            if wide:
+                b = np.int64(x[r, f])
+                a = b & ABS_MASK
+                normal = np.uint64(a - SUBNORMAL_KEYS) < np.uint64(INF_BITS - SUBNORMAL_KEYS)
+                mag = SUBNORMAL_KEYS + ((a - SUBNORMAL_KEYS) >> drop)
+            else:
+                b = np.int64(np.int32(x[r, f]))
+                a = b & 0x7FFFFFFF
+                normal = np.uint64(a - 0x00800000) < np.uint64(0x7F000000)
+                # float64 bits of a normal float32: (a << 29) + (896 << 52); keys drop >= 29 bits
+                mag = SUBNORMAL_KEYS + ((a + (np.int64(895) << 23)) >> shift)
+            if normal:
+                # nb[f] - mag for negatives, pb[f] + mag otherwise, without a branch on the
+                # sign (random signs would mispredict half the time)
+                neg = b >> 63
+                window[pb[f] + mag + (neg & (nb[f] - pb[f] - 2 * mag))] += 1
+            else:  # NaN, an omitted inf, or a float32 subnormal (a normal float64)
+                k = _key(x[r, f], mode, drop, keep_inf)
+                if k != KEY_SKIP:
+                    window[(nb[f] + k) if k < 0 else (pb[f] + k)] += 1
+    size = 0
+    for j in range(total):
+        size += window[j] != 0
+    offsets = np.zeros(n_feat + 1, np.int64)
+    out_k = np.empty(size, np.int64)
+    out_c = np.empty(size, np.int64)
+    pos = 0
+    at = 0
+    for f in range(n_feat):
+        for j in range(spans[0, f]):  # negatives: window order is ascending key
+            if window[at + j] != 0:
+                out_k[pos] = klo[0, f] + j
+                out_c[pos] = window[at + j]
+                pos += 1
+        at += spans[0, f]
+        for j in range(spans[1, f]):
+            if window[at + j] != 0:
+                out_k[pos] = klo[1, f] + j
+                out_c[pos] = window[at + j]
+                pos += 1
+        at += spans[1, f]
+        offsets[f + 1] = pos
+    return True, offsets, out_k[:pos].copy(), out_c[:pos].copy()

@@ -251,9 +251,13 @@ class Distribution:
             next_i = np.minimum(prev_i + 1, n - 1)
             a, b = (np.where(i == 0, lo[f], np.where(i == n - 1, hi[f], values[np.searchsorted(cum, i, side="right")]))
                     for i in (prev_i, next_i))
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore", over="ignore"):
                 diff = b - a
                 res = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)  # numpy's _lerp
+                # ends more than the float64 range apart: weigh them instead
+                huge = ~np.isfinite(diff) & np.isfinite(a) & np.isfinite(b)
+                res = np.where(huge, a * (1 - gamma) + b * gamma, res)
+                res = np.where(gamma == 0, a, res)
                 # an infinite end wins wherever it has weight (numpy's lerp gives NaN there)
                 res = np.where(np.isinf(a), a, np.where(np.isinf(b) & (gamma > 0), b, res))
             out[:, f] = np.clip(res, lo[f], hi[f])
@@ -297,6 +301,10 @@ def count_batch(view: np.ndarray, kind: str, error: float, keep_inf: bool) -> Di
         mode, x = K.KEY_F32, view.view(np.int32)
     else:
         mode, x = K.KEY_F64, view.astype(np.float64, copy=False).view(np.int64)
+    if mode != K.KEY_VALUE and view.shape[2] == 1:  # rows of features: try the fast kernel
+        ok, *found = K.dist_counts_rows(x[:, :, 0], view[:, :, 0], mode, drop, keep_inf)
+        if ok:
+            return Distribution(kind, error, *found)
     return Distribution(kind, error, *K.dist_counts(x, view, mode, drop, keep_inf))
 
 

@@ -548,7 +548,7 @@ KEY_SKIP = np.iinfo(np.int64).min  # a value that does not enter (NaN; inf under
 SUBNORMAL_KEYS = np.int64(1) << np.int64(52)  # |bits| below this: zero or subnormal
 ABS_MASK = np.int64(0x7FFFFFFFFFFFFFFF)
 INF_BITS = np.int64(0x7FF0000000000000)
-DENSE_WINDOW = 1 << 17  # key ranges up to this are counted in a dense window
+DENSE_WINDOW = 1024  # a feature's keys are counted in a dense window up to this range + 4 per value
 TINY = 2.0 ** -1022  # the smallest normal float64
 
 
@@ -686,7 +686,7 @@ def dist_counts(x, vals, mode, drop, keep_inf):
                 a = np.int64(vlo[side, f]) if mode == KEY_VALUE else _float_key(vlo[side, f], drop)
                 b = np.int64(vhi[side, f]) if mode == KEY_VALUE else _float_key(vhi[side, f], drop)
                 klo[side, f] = a
-                if b - a + 1 > max(DENSE_WINDOW, 4 * n[side, f]):
+                if b - a + 1 > DENSE_WINDOW + 4 * n[side, f]:
                     dense[f] = False
     for f in range(n_feat):
         for side in range(2):
@@ -820,7 +820,7 @@ def dist_counts_rows(x, vals, mode, drop, keep_inf):
         if hi[f] > 0:
             a, b = _float_key(pos_min[f], drop), _float_key(hi[f], drop)
             spans[1, f], klo[1, f] = b - a + 1, a
-        if spans[0, f] + spans[1, f] > max(DENSE_WINDOW, 4 * n[f]):
+        if spans[0, f] + spans[1, f] > DENSE_WINDOW + 4 * n[f]:
             return False, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
         nb[f] = total - klo[0, f]  # key -mag sits at total + (-mag - klo0)
         pb[f] = total + spans[0, f] - klo[1, f]

@@ -374,7 +374,7 @@ class StatsAccumulator:
         self._pending_values = 0
         # histogram=True: "hist8" (dense 256 bins in _arrays["hist"]), "exact" or "grid" (self._dist)
         self._family: str | None = None
-        self._dist: Distribution | None = None
+        self._dist = None
 
     # -- updating --------------------------------------------------------
     def update(self, batch: Any) -> StatsAccumulator:
@@ -436,7 +436,7 @@ class StatsAccumulator:
                 self._n_features, self._pending_dtype, self._pending_values = before
             raise
         if part is not None:
-            self._dist = self._dist.merge(part)
+            self._add_part(part)
         self._dtype = dtype
         self._empty = None
         self._bfloat16 = name == BFLOAT16 and self._bfloat16 is not False
@@ -505,6 +505,36 @@ class StatsAccumulator:
         for p in parts[1:]:
             total = total.merge(p)
         return total
+
+    @property
+    def _dist(self) -> Distribution | None:
+        """The sparse distribution so far (pending batch parts merged in first)."""
+        pending = self.__dict__.get("_dist_pending")
+        if pending:
+            while len(pending) > 1:  # a balanced tree: merge cost stays near linear
+                pending = [pending[i].merge(pending[i + 1]) if i + 1 < len(pending) else pending[i]
+                           for i in range(0, len(pending), 2)]
+            self._dist_state = self._dist_state.merge(pending[0])
+            self._dist_pending = []
+        return self.__dict__.get("_dist_state")
+
+    @_dist.setter
+    def _dist(self, value: Distribution | None) -> None:
+        self._dist_state = value
+        self._dist_pending: list[Distribution] = []
+
+    def _add_part(self, part: Distribution) -> None:
+        """Keep a batch's counts aside; merge them into the state once they outweigh it.
+
+        Merging every small batch into a large state would cost the state's
+        size per batch; waiting until the parts hold as many keys as the state
+        keeps the cost per key bounded. Counts add exactly, so when they merge
+        changes nothing in the result.
+        """
+        self._dist_pending.append(part)
+        size = sum(p.keys.size for p in self._dist_pending)
+        if size >= max(self._dist_state.keys.size, 1 << 16) or len(self._dist_pending) >= 1024:
+            _ = self._dist
 
     def _to_sparse(self) -> None:
         """Move dense 8-bit bins into exact sparse counts (values as keys)."""
@@ -1052,7 +1082,8 @@ class StatsAccumulator:
         other = copy.copy(self)
         other._pool = None
         other._arrays = {k: v.copy() for k, v in self._arrays.items()}
-        return other  # (a Distribution is immutable: sharing it is safe)
+        other._dist_pending = list(self._dist_pending)  # (Distributions are immutable: sharing is safe)
+        return other
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

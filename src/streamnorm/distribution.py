@@ -135,6 +135,19 @@ class Distribution:
 
     # -- construction -------------------------------------------------------
     @staticmethod
+    def _trusted(kind: str, error: float, offsets: np.ndarray, keys: np.ndarray,
+                 counts: np.ndarray) -> Distribution:
+        """A distribution from the kernels' own output, whose shape they guarantee (no checks)."""
+        out = object.__new__(Distribution)
+        error = 0.0 if kind == EXACT else float(error)
+        for name, value in (("kind", kind), ("error", error), ("offsets", offsets), ("keys", keys),
+                            ("counts", counts)):
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+            object.__setattr__(out, name, value)
+        return out
+
+    @staticmethod
     def empty(n_features: int, kind: str, error: float = 0.0) -> Distribution:
         """A distribution of ``n_features`` features with no values."""
         z = np.zeros(0, np.int64)
@@ -195,7 +208,7 @@ class Distribution:
         """Counts of both, added (exact; any order gives the same arrays)."""
         self.check_compatible(other)
         o, k, c = K.merge_counts(self.offsets, self.keys, self.counts, other.offsets, other.keys, other.counts)
-        return Distribution(self.kind, max(self.error, other.error), o, k, c)
+        return Distribution._trusted(self.kind, max(self.error, other.error), o, k, c)
 
     def select(self, indices: Sequence[int]) -> Distribution:
         parts = [self.feature(int(i) % self.n_features) for i in indices]
@@ -304,8 +317,8 @@ def count_batch(view: np.ndarray, kind: str, error: float, keep_inf: bool) -> Di
     if mode != K.KEY_VALUE and view.shape[2] == 1:  # rows of features: try the fast kernel
         ok, *found = K.dist_counts_rows(x[:, :, 0], view[:, :, 0], mode, drop, keep_inf)
         if ok:
-            return Distribution(kind, error, *found)
-    return Distribution(kind, error, *K.dist_counts(x, view, mode, drop, keep_inf))
+            return Distribution._trusted(kind, error, *found)
+    return Distribution._trusted(kind, error, *K.dist_counts(x, view, mode, drop, keep_inf))
 
 
 def exact_sums(dist: Distribution) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:

@@ -178,15 +178,17 @@ def test_quantiles_between_ends_further_apart_than_the_float64_range():
 
 def test_many_small_batches_checkpoints_and_copies_give_the_same_counts(rng):
     # enough batches that pending batch counts are merged into the state several times
-    x = rng.normal(size=(4000, 40)) * 10 ** rng.integers(-3, 4, size=(4000, 40))
+    x = rng.normal(size=(4000, 40)) * 10.0 ** rng.integers(-3, 4, size=(4000, 40))
     whole = sn.compute_stats(x, layout="NF", histogram=True)
     acc = sn.StatsAccumulator("NF", histogram=True)
-    for i in range(0, 2000, 7):
+    for i in range(0, 2002, 7):
         acc.update(x[i:i + 7])
     twin = acc.copy()
     resumed = sn.StatsAccumulator("NF", histogram=True)
     resumed.load_state_dict(acc.state_dict())
     for a in (acc, twin, resumed):
-        for i in range(2000, 4000, 7):
+        for i in range(2002, 4000, 7):
             a.update(x[i:i + 7])
-        assert a.result().equals(whole)
+        result = a.result()  # (float moments depend on the batching by rounding; counts do not)
+        assert result.distribution.equals(whole.distribution)
+        assert np.array_equal(result.quantile(QS), whole.quantile(QS))

@@ -72,7 +72,7 @@ FAILURES = {
     "int after float": np.ones((2, 3), np.uint8),
     "float after int": np.ones((2, 3), np.float32),
     "masked, kept NaN": np.ma.masked_array([[1.0, 2.0, 3.0], [np.nan, 5.0, 6.0]], mask=[[0, 1, 0], [0, 0, 0]]),
-    "wide histogram": np.ones((2, 3), np.uint16),
+    "wide histogram": np.ones((2, 3), np.int32),
     "int8 after uint8 histogram": np.ones((2, 3), np.int8),
 }
 

@@ -158,3 +158,13 @@ def test_malformed_payloads():
         decode_state(b'{"kind": "pickle", "state": {}}')
     with pytest.raises(StreamnormError, match="malformed"):
         decode_state(b'{"kind": "stats", "state": {"__code__": 1}}')
+
+
+def test_distributions_travel_bit_exactly_between_ranks():
+    """Found at merge time: the rank encoding dropped Stats.distribution (16-bit and float grids)."""
+    rng = np.random.default_rng(3)
+    for x in (rng.integers(0, 65536, (500, 2)).astype(np.uint16), rng.lognormal(size=(500, 2))):
+        s = sn.compute_stats([x], layout="NF", histogram=True)
+        back = decode_state(encode_state(s))
+        assert back.distribution is not None and back.equals(s)
+        assert np.array_equal(back.quantile([0.1, 0.9]), s.quantile([0.1, 0.9]))

@@ -288,3 +288,25 @@ def test_masked_float_planes_match_the_kept_values_and_nodata_never_becomes_the_
         assert abs(Fraction(float(s.mean[c])) - mean) <= abs(mean) * Fraction(1, 10**15)
         assert abs(Fraction(float(s.m2[c])) - m2) <= m2 * Fraction(1, 10**9)
         assert s.min[c] == kept.min() and s.max[c] == kept.max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([np.uint16, np.int16, np.float32]))
+def test_masked_values_never_enter_16bit_or_grid_distributions(seed, dtype):
+    """Found at merge time: distributions were counted from the neutralized batch (masked values as 0)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.integers(-300, 300, (40, 3)) if dtype is not np.uint16 else rng.integers(0, 600, (40, 3)))
+    x = x.astype(dtype)
+    mask = rng.random((40, 3)) < 0.7
+    acc = sn.StatsAccumulator("NF", histogram=True)
+    acc.update(x[:25], mask=mask[:25]).update(x[25:], mask=mask[25:])
+    got = acc.result()
+    for f in range(3):
+        kept = x[:, f][mask[:, f]]
+        assert got.count[f] == kept.size and got.masked_count[f] == 40 - kept.size
+        if kept.size:
+            want = np.quantile(kept.astype(np.float64), [0.0, 0.5, 1.0])
+            q = got.quantile([0.0, 0.5, 1.0])[:, f]
+            assert q[0] == want[0] and q[2] == want[2]
+            if dtype is not np.float32:
+                assert q[1] == want[1]

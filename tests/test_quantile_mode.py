@@ -170,3 +170,13 @@ def test_quantile_from_store_passes_quantiles_and_clip(tmp_path):
     a = sn.Normalizer.from_store(str(tmp_path), mode="quantile", quantiles=(0.2, 0.8), clip=True)
     b = sn.Normalizer.from_stats(stats, "quantile", quantiles=(0.2, 0.8), clip=True)
     assert a.get_config() == b.get_config()
+
+
+def test_robust_and_quantile_on_float_distributions():
+    x = np.random.default_rng(0).normal(5, 2, (5000, 2)).astype(np.float32)
+    s = sn.compute_stats([x], layout="NF", histogram=True)
+    lo, hi = s.quantile([0.01, 0.99])
+    y = sn.Normalizer.from_stats(s, "quantile")(x, dtype=np.float64)
+    np.testing.assert_allclose(y, (x - lo) * (2 / (hi - lo)) - 1, rtol=1e-9, atol=1e-9)
+    r = sn.Normalizer.from_stats(s, "robust")(x, dtype=np.float64)
+    np.testing.assert_allclose(r, (x - s.median) / s.iqr, rtol=1e-9, atol=1e-9)

@@ -37,7 +37,7 @@ def _expected(version):
 
 @pytest.mark.parametrize("version, splits", [
     (1, ["float32", "int16", "uint8-hist"]),
-    (2, ["float32", "float64-offset", "int16", "uint8-hist", "uint8-masked"]),
+    (2, ["float32", "float32-dist", "float64-offset", "int16", "uint16-dist", "uint8-hist", "uint8-masked"]),
 ])
 def test_fixture_store_lists_its_splits(version, splits):
     assert sn.StatsStore(STORES[version]).splits() == sorted(_expected(version)) == splits
@@ -46,6 +46,7 @@ def test_fixture_store_lists_its_splits(version, splits):
 @pytest.mark.parametrize("version, split", [
     (1, "uint8-hist"), (1, "float32"), (1, "int16"),
     (2, "uint8-hist"), (2, "float32"), (2, "int16"), (2, "float64-offset"), (2, "uint8-masked"),
+    (2, "uint16-dist"), (2, "float32-dist"),
 ])
 def test_fixture_loads_to_exact_expected_values(version, split):
     store = sn.StatsStore(STORES[version])
@@ -73,6 +74,13 @@ def test_fixture_loads_to_exact_expected_values(version, split):
     for field in ("int_sum", "int_sumsq"):
         want = None if e[field] is None else tuple(int(v) for v in e[field])
         assert getattr(stats, field) == want
+    if e.get("distribution") is None:
+        assert stats.distribution is None
+    else:
+        d = e["distribution"]
+        assert (stats.distribution.kind, stats.distribution.error) == (d["kind"], d["error"])
+        for field in ("offsets", "keys", "counts"):
+            assert getattr(stats.distribution, field).tolist() == d[field], field
     meta = store.metadata(split)
     assert meta["format_version"] == version and meta["split"] == split
     assert meta["source"] == {"generator": "tests/fixtures/make_fixtures.py"}
@@ -87,6 +95,22 @@ def test_fixture_v2_offset_split_keeps_a_real_shift():
     for f in range(2):
         assert abs(Fraction(float(stats.mean[f])) - mean[f]) <= Fraction(float(
             np.spacing(abs(stats.mean[f]))))
+
+
+def test_fixture_v2_distributions_match_numpy():
+    store = sn.StatsStore(STORES[2])
+    wide = make_fixtures.uint16_table()
+    qs = [0.0, 0.1, 0.5, 0.9, 1.0]
+    assert np.array_equal(store.load("uint16-dist").quantile(qs), np.quantile(wide, qs, axis=0))
+    s = store.load("float32-dist")
+    x = make_fixtures.float_dist_table().astype(np.float64)
+    got = s.quantile(qs)
+    for f in range(2):
+        col = x[~np.isnan(x[:, f]), f]
+        lo, hi = np.quantile(col, qs, method="lower"), np.quantile(col, qs, method="higher")
+        assert (((got[:, f] >= lo) & (got[:, f] <= hi)) | (np.abs(got[:, f] - lo) <= 1e-2 * np.abs(lo))
+                | (np.abs(got[:, f] - hi) <= 1e-2 * np.abs(hi))).all()
+    assert s.quantile_error == 1e-2
 
 
 def test_fixture_values_match_an_independent_oracle():

@@ -30,6 +30,7 @@ _LAZY = {
     "load_stats": "store",
     "Normalizer": "normalize",
     "DeviceLoader": "device",
+    "Distribution": "distribution",
 }
 _SUBMODULES = {"nodes", "distributed", "datapipes", "sources", "engine", "report", "cli"}
 
@@ -51,6 +52,7 @@ __all__ = [
     "load_stats",
     "Normalizer",
     "DeviceLoader",
+    "Distribution",
     "nodes",
     "distributed",
 ]

@@ -33,6 +33,7 @@ Set ``STREAMNORM_DISABLE_JIT=1`` to run the very same functions as plain Python
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -561,3 +562,342 @@ def fold_float_lanes(n, nonfinite, mean, m2, mn, mx, n_feat):
         onf[f] += nonfinite[j]
         olo[f], ohi[f] = _merge_range(olo[f], ohi[f], mn[j], mx[j])
     return on, onf, om, om2, olo, ohi
+
+
+# --------------------------------------------------------------------------
+# distributions: sparse counts on a grid fixed in advance
+# --------------------------------------------------------------------------
+#
+# Every value maps to an int64 key whose order is the values' order; a
+# distribution is, per feature, the sorted occupied keys and their counts.
+# Counts are integers, so merging (adding) them is exact in any order.
+
+KEY_SKIP = np.iinfo(np.int64).min  # a value that does not enter (NaN; inf under omit)
+SUBNORMAL_KEYS = np.int64(1) << np.int64(52)  # |bits| below this: zero or subnormal
+ABS_MASK = np.int64(0x7FFFFFFFFFFFFFFF)
+INF_BITS = np.int64(0x7FF0000000000000)
+DENSE_WINDOW = 1024  # a feature's keys are counted in a dense window up to this range + 4 per value
+TINY = 2.0 ** -1022  # the smallest normal float64
+
+
+KEY_VALUE = 0  # exact: the integer value is its key
+KEY_F64 = 1  # log grid, from float64 bits (an int64 view)
+KEY_F32 = 2  # log grid, from float32 bits (an int32 view), as the float64 of the same value
+
+
+@_jit
+def _f32_as_f64_magnitude(a):
+    """float64 bits of |v| for the float32 whose bits without sign are ``a`` (exact)."""
+    if a >= 0x7F800000:  # inf, or NaN (any NaN pattern of float64)
+        return INF_BITS if a == 0x7F800000 else INF_BITS + 1
+    if a >= 0x00800000:  # normal: rebias the exponent (1023 - 127), widen the mantissa
+        return (a << 29) + (np.int64(896) << 52)
+    if a == 0:
+        return np.int64(0)
+    p = 22  # float32 subnormal a * 2**-149: normal in float64, leading bit at 2**p
+    while (a >> p) == 0:
+        p -= 1
+    return (np.int64(p - 149 + 1023) << 52) + ((a - (np.int64(1) << p)) << (52 - p))
+
+
+@_jit
+def _key(x, mode, drop, keep_inf):
+    """The key of one value (KEY_SKIP for NaN, and for inf unless ``keep_inf``)."""
+    if mode == KEY_VALUE:
+        return np.int64(x)
+    if mode == KEY_F64:
+        b = np.int64(x)
+        neg = b < 0
+        a = b & ABS_MASK
+    else:
+        b = np.int64(np.int32(x))
+        neg = b < 0
+        a = _f32_as_f64_magnitude(b & 0x7FFFFFFF)
+    if a > INF_BITS or (a == INF_BITS and not keep_inf):
+        return KEY_SKIP
+    mag = a if a < SUBNORMAL_KEYS else SUBNORMAL_KEYS + ((a - SUBNORMAL_KEYS) >> drop)
+    return -mag if neg else mag
+
+
+@_jit
+def grid_keys_of(bits, drop):
+    """Keys of float64 values given as an int64 view (infinities kept)."""
+    out = np.empty(bits.shape[0], np.int64)
+    for j in range(bits.shape[0]):
+        out[j] = _key(bits[j], KEY_F64, drop, True)
+    return out
+
+
+@_jit
+def _float_key(v, drop):
+    """The grid key of a float64 value, from frexp (exact; used once per feature)."""
+    a = abs(v)
+    if a == 0.0:
+        mag = np.int64(0)
+    elif a == np.inf:
+        mag = SUBNORMAL_KEYS + ((INF_BITS - SUBNORMAL_KEYS) >> drop)
+    elif a < 2.0 ** -1022:  # subnormal: its bits are its multiple of 2**-1074
+        mag = np.int64(a * 2.0 ** 537 * 2.0 ** 537)
+    else:
+        m, e = math.frexp(a)  # a = m * 2**e, 0.5 <= m < 1
+        bits = (np.int64(e + 1022) << 52) + np.int64((2.0 * m - 1.0) * 2.0 ** 52)
+        mag = SUBNORMAL_KEYS + ((bits - SUBNORMAL_KEYS) >> drop)
+    return -mag if v < 0 else mag
+
+
+@_jit
+def _side(v, mode):
+    """0: negative normal, 1: positive normal (every exact value), 2: zero or subnormal."""
+    if mode == KEY_VALUE or v >= TINY:
+        return 1
+    return 0 if v <= -TINY else 2
+
+
+@_jit
+def _value_ranges(vals, mode, keep_inf, lo, hi, n):
+    """Per-feature min, max and count of the entering values on each side (see :func:`_side`)."""
+    n_outer, n_feat, n_inner = vals.shape
+    for o in range(n_outer):
+        for f in range(n_feat):
+            for i in range(n_inner):
+                v = np.float64(vals[o, f, i])
+                if v == v and (keep_inf or abs(v) != np.inf):
+                    side = _side(v, mode)
+                    n[side, f] += 1
+                    lo[side, f] = min(lo[side, f], v)
+                    hi[side, f] = max(hi[side, f], v)
+
+
+@_jit
+def _emit_sorted(kept, t, out_k, out_c, pos):
+    """Run-length ``kept[:t]`` (sorted here) into out_k/out_c from ``pos``; the new pos."""
+    if t == 0:
+        return pos
+    part = kept[:t]
+    part.sort()
+    out_k[pos] = part[0]
+    out_c[pos] = 1
+    for j in range(1, t):
+        if part[j] == out_k[pos]:
+            out_c[pos] += 1
+        else:
+            pos += 1
+            out_k[pos] = part[j]
+            out_c[pos] = 1
+    return pos + 1
+
+
+@_jit
+def dist_counts(x, vals, mode, drop, keep_inf):
+    """(O, F, I) values -> (offsets[F+1], sorted distinct keys, counts) per feature.
+
+    ``vals`` holds the values, ``x`` the same memory as read for keys
+    (``mode``: KEY_VALUE, KEY_F64 on an int64 view, KEY_F32 on an int32 view).
+    A first pass finds each feature's value range on each side of zero (keys
+    are monotone in the value, so key ranges follow, without the gap that the
+    exact subnormal keys leave between the signs); narrow key ranges are
+    counted in dense windows in a second pass in memory order; zeros and
+    subnormals, and features with a wide range, are gathered and sorted.
+    Counts are exact integers.
+    """
+    n_outer, n_feat, n_inner = x.shape
+    vlo = np.full((3, n_feat), np.inf)
+    vhi = np.full((3, n_feat), -np.inf)
+    n = np.zeros((3, n_feat), np.int64)
+    _value_ranges(vals, mode, keep_inf, vlo, vhi, n)
+    klo = np.zeros((2, n_feat), np.int64)
+    start = np.zeros(2 * n_feat + 1, np.int64)
+    dense = np.ones(n_feat, np.bool_)
+    for f in range(n_feat):
+        for side in range(2):
+            if n[side, f] > 0:
+                a = np.int64(vlo[side, f]) if mode == KEY_VALUE else _float_key(vlo[side, f], drop)
+                b = np.int64(vhi[side, f]) if mode == KEY_VALUE else _float_key(vhi[side, f], drop)
+                klo[side, f] = a
+                if b - a + 1 > DENSE_WINDOW + 4 * n[side, f]:
+                    dense[f] = False
+    for f in range(n_feat):
+        for side in range(2):
+            span = 0
+            if dense[f] and n[side, f] > 0:
+                hi_key = np.int64(vhi[side, f]) if mode == KEY_VALUE else _float_key(vhi[side, f], drop)
+                span = hi_key - klo[side, f] + 1
+            start[2 * f + side + 1] = start[2 * f + side] + span
+    window = np.zeros(start[2 * n_feat], np.int64)
+    small_at = np.zeros(n_feat + 1, np.int64)
+    for f in range(n_feat):
+        small_at[f + 1] = small_at[f] + (n[2, f] if dense[f] else n[0, f] + n[1, f] + n[2, f])
+    small = np.empty(small_at[n_feat], np.int64)
+    filled = small_at[:n_feat].copy()
+    for o in range(n_outer):
+        for f in range(n_feat):
+            for i in range(n_inner):
+                k = _key(x[o, f, i], mode, drop, keep_inf)
+                if k == KEY_SKIP:
+                    continue
+                if dense[f] and (mode == KEY_VALUE or k >= SUBNORMAL_KEYS):
+                    window[start[2 * f + 1] + k - klo[1, f]] += 1
+                elif dense[f] and k <= -SUBNORMAL_KEYS:
+                    window[start[2 * f] + k - klo[0, f]] += 1
+                else:
+                    small[filled[f]] = k
+                    filled[f] += 1
+    size = small.shape[0]
+    for j in range(window.shape[0]):
+        size += window[j] != 0
+    offsets = np.zeros(n_feat + 1, np.int64)
+    out_k = np.empty(size, np.int64)
+    out_c = np.empty(size, np.int64)
+    pos = 0
+    for f in range(n_feat):
+        for side in (0, 2, 1):  # ascending keys: negatives, zero and subnormals, positives
+            if side == 2:
+                pos = _emit_sorted(small[small_at[f]:small_at[f + 1]], filled[f] - small_at[f],
+                                   out_k, out_c, pos)
+                continue
+            for j in range(start[2 * f + side], start[2 * f + side + 1]):
+                if window[j] != 0:
+                    out_k[pos] = klo[side, f] + (j - start[2 * f + side])
+                    out_c[pos] = window[j]
+                    pos += 1
+        offsets[f + 1] = pos
+    return offsets, out_k[:pos].copy(), out_c[:pos].copy()
+
+
+@_jit
+def merge_counts(oa, ka, ca, ob, kb, cb):
+    """Sum of two sparse count sets (offsets, sorted keys, counts) feature by feature."""
+    n_feat = oa.shape[0] - 1
+    offsets = np.zeros(n_feat + 1, np.int64)
+    out_k = np.empty(ka.shape[0] + kb.shape[0], np.int64)
+    out_c = np.empty(ka.shape[0] + kb.shape[0], np.int64)
+    pos = 0
+    for f in range(n_feat):
+        i, i1 = oa[f], oa[f + 1]
+        j, j1 = ob[f], ob[f + 1]
+        while i < i1 or j < j1:
+            if j >= j1 or (i < i1 and ka[i] < kb[j]):
+                out_k[pos] = ka[i]
+                out_c[pos] = ca[i]
+                i += 1
+            elif i >= i1 or kb[j] < ka[i]:
+                out_k[pos] = kb[j]
+                out_c[pos] = cb[j]
+                j += 1
+            else:
+                out_k[pos] = ka[i]
+                out_c[pos] = ca[i] + cb[j]
+                i += 1
+                j += 1
+            pos += 1
+        offsets[f + 1] = pos
+    return offsets, out_k[:pos].copy(), out_c[:pos].copy()
+
+
+@_jit
+def _rows_range(vals, keep_inf, lo, hi, pos_min, neg_max, n, n_small):
+    """(R, F) floats: per-feature min, max, smallest positive and largest negative normal
+    value, count of entering values and of zeros/subnormals; branch-free, along memory."""
+    n_rows, n_feat = vals.shape
+    for r in range(n_rows):
+        for f in range(n_feat):
+            v = np.float64(vals[r, f])
+            a = abs(v)
+            enters = v == v and (keep_inf or a != np.inf)
+            v = v if enters else np.nan  # NaN fails every comparison below
+            lo[f] = v if v < lo[f] else lo[f]
+            hi[f] = v if v > hi[f] else hi[f]
+            pos_min[f] = v if (v >= TINY and v < pos_min[f]) else pos_min[f]
+            neg_max[f] = v if (v <= -TINY and v > neg_max[f]) else neg_max[f]
+            n[f] += enters
+            n_small[f] += enters and a < TINY
+
+
+@_jit
+def dist_counts_rows(x, vals, mode, drop, keep_inf):
+    """:func:`dist_counts` for (R, F) floats with narrow key ranges and no zeros/subnormals.
+
+    Returns ``(ok, offsets, keys, counts)``; ``ok`` is False (nothing counted)
+    where a feature needs the general kernel. Keys come from the bits with one
+    range check per value: a float32's float64 exponent is its own rebiased.
+    """
+    n_rows, n_feat = x.shape
+    if mode == KEY_F32 and drop < 29:  # float32 values each in a bucket of their own: general kernel
+        return False, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo = np.full(n_feat, np.inf)
+    hi = np.full(n_feat, -np.inf)
+    pos_min = np.full(n_feat, np.inf)
+    neg_max = np.full(n_feat, -np.inf)
+    n = np.zeros(n_feat, np.int64)
+    n_small = np.zeros(n_feat, np.int64)
+    _rows_range(vals, keep_inf, lo, hi, pos_min, neg_max, n, n_small)
+    # window of feature f: negative keys at nb[f] - mag, positive keys at pb[f] + mag
+    nb = np.zeros(n_feat, np.int64)
+    pb = np.zeros(n_feat, np.int64)
+    spans = np.zeros((2, n_feat), np.int64)
+    klo = np.zeros((2, n_feat), np.int64)
+    total = np.int64(0)
+    for f in range(n_feat):
+        if n_small[f] > 0 or abs(lo[f]) == np.inf or abs(hi[f]) == np.inf:
+            return False, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if n[f] == 0:
+            continue
+        if lo[f] < 0:  # negative keys run from key(lo) to key(neg_max)
+            a, b = _float_key(lo[f], drop), _float_key(neg_max[f], drop)
+            spans[0, f], klo[0, f] = b - a + 1, a
+        if hi[f] > 0:
+            a, b = _float_key(pos_min[f], drop), _float_key(hi[f], drop)
+            spans[1, f], klo[1, f] = b - a + 1, a
+        if spans[0, f] + spans[1, f] > DENSE_WINDOW + 4 * n[f]:
+            return False, np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        nb[f] = total - klo[0, f]  # key -mag sits at total + (-mag - klo0)
+        pb[f] = total + spans[0, f] - klo[1, f]
+        total += spans[0, f] + spans[1, f]
+    window = np.zeros(total, np.int64)
+    shift = drop - 29
+    wide = mode == KEY_F64
+    for r in range(n_rows):
+        for f in range(n_feat):
+            if wide:
+                b = np.int64(x[r, f])
+                a = b & ABS_MASK
+                normal = np.uint64(a - SUBNORMAL_KEYS) < np.uint64(INF_BITS - SUBNORMAL_KEYS)
+                mag = SUBNORMAL_KEYS + ((a - SUBNORMAL_KEYS) >> drop)
+            else:
+                b = np.int64(np.int32(x[r, f]))
+                a = b & 0x7FFFFFFF
+                normal = np.uint64(a - 0x00800000) < np.uint64(0x7F000000)
+                # float64 bits of a normal float32: (a << 29) + (896 << 52); keys drop >= 29 bits
+                mag = SUBNORMAL_KEYS + ((a + (np.int64(895) << 23)) >> shift)
+            if normal:
+                # nb[f] - mag for negatives, pb[f] + mag otherwise, without a branch on the
+                # sign (random signs would mispredict half the time)
+                neg = b >> 63
+                window[pb[f] + mag + (neg & (nb[f] - pb[f] - 2 * mag))] += 1
+            else:  # NaN, an omitted inf, or a float32 subnormal (a normal float64)
+                k = _key(x[r, f], mode, drop, keep_inf)
+                if k != KEY_SKIP:
+                    window[(nb[f] + k) if k < 0 else (pb[f] + k)] += 1
+    size = 0
+    for j in range(total):
+        size += window[j] != 0
+    offsets = np.zeros(n_feat + 1, np.int64)
+    out_k = np.empty(size, np.int64)
+    out_c = np.empty(size, np.int64)
+    pos = 0
+    at = 0
+    for f in range(n_feat):
+        for j in range(spans[0, f]):  # negatives: window order is ascending key
+            if window[at + j] != 0:
+                out_k[pos] = klo[0, f] + j
+                out_c[pos] = window[at + j]
+                pos += 1
+        at += spans[0, f]
+        for j in range(spans[1, f]):
+            if window[at + j] != 0:
+                out_k[pos] = klo[1, f] + j
+                out_c[pos] = window[at + j]
+                pos += 1
+        at += spans[1, f]
+        offsets[f + 1] = pos
+    return True, offsets, out_k[:pos].copy(), out_c[:pos].copy()

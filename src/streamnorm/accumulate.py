@@ -28,6 +28,16 @@ from . import _kernels as K
 from . import _masked_kernels as MK
 from . import _masks
 from .batch import Key, pick
+from .distribution import (
+    DEFAULT_QUANTILE_ERROR,
+    EXACT,
+    GRID,
+    Distribution,
+    check_quantile_error,
+    count_batch,
+    exact_sums,
+    family,
+)
 from .errors import DTypeError, IncompatibleStatsError, LayoutError, NonFiniteError, StreamnormError
 from .layout import as_reduction_view, parse_layout
 from .stats import HISTOGRAM_BINS, Stats, chan_merge, exact_moments_array
@@ -265,8 +275,15 @@ class StatsAccumulator:
     feature_names : sequence of str, optional
         One name per feature; default ``"0"``, ``"1"``, ...
     histogram : bool, default False
-        Keep an exact 256-bin histogram per feature (8-bit input only), for
-        exact quantiles, median and IQR.
+        Keep each feature's distribution, for quantiles, median and IQR:
+        exact counts per value for bool, 8- and 16-bit integers (8-bit data
+        also gives the 256-bin :attr:`Stats.histogram`); counts on a log grid
+        fixed in advance for every other dtype (see ``quantile_error``).
+    quantile_error : float, default 1e-3
+        For the log grid: every quantile is within this relative error of an
+        order statistic next to the true quantile (``0 < quantile_error < 1``).
+        Memory per feature grows with the occupied buckets, about
+        ``ln(max/min) / quantile_error / 2`` for positive data.
     nan_policy : {"raise", "omit", "propagate"}, default "raise"
         What a NaN or infinity does: raise :class:`~streamnorm.errors.NonFiniteError`
         naming the batch and feature; be skipped (and counted in
@@ -323,7 +340,9 @@ class StatsAccumulator:
         nan_policy: str = "raise",
         threads: int = 1,
         ignore_value: float | int | bool | None = None,
+        quantile_error: float = DEFAULT_QUANTILE_ERROR,
     ) -> None:
+        self._quantile_error = check_quantile_error(quantile_error)
         self._layout = parse_layout(layout)
         if feature_names is not None:
             if isinstance(feature_names, str):
@@ -360,6 +379,11 @@ class StatsAccumulator:
     @property
     def histogram(self) -> bool:
         return self._histogram
+
+    @property
+    def quantile_error(self) -> float:
+        """Relative bound of the log grid's quantiles (used for dtypes without exact counts)."""
+        return self._quantile_error
 
     @property
     def nan_policy(self) -> str:
@@ -419,6 +443,9 @@ class StatsAccumulator:
         # integer path: pending int64 sums of the offset values of _pending_dtype
         self._pending_dtype: np.dtype | None = None
         self._pending_values = 0
+        # histogram=True: "hist8" (dense 256 bins in _arrays["hist"]), "exact" or "grid" (self._dist)
+        self._family: str | None = None
+        self._dist = None
 
     # -- updating --------------------------------------------------------
     def update(self, batch: Any, mask: Any = None) -> StatsAccumulator:
@@ -471,27 +498,35 @@ class StatsAccumulator:
             return self
         self._check_dtype(kind, source_dtype, index, name)
         skip = None
+        raw = view
         if kept is not None:
             view, skip = self._neutralized(view, kept, kind, index)
         dtype = self._promoted(source_dtype)
         fresh = self._kind is None
         if fresh:
             before = (self._n_features, self._pending_dtype, self._pending_values)
-            self._start(kind, n_feat)
+            self._start(kind, n_feat, family(source_dtype) if self._histogram else None)
         try:
+            part = (self._batch_distribution(view, source_dtype) if kept is None
+                    else self._kept_distribution(raw, kept, source_dtype))
             if kind == FLOAT_KIND:
                 self._update_float(view, index, skip)
-            elif self._histogram:
+            elif self._family == "hist8":
                 self._update_hist(view, dtype, skip)
-            else:
+            elif self._family != EXACT:
                 self._update_int(view, arr.dtype, skip)
+            else:  # exact distributions hold the exact sums themselves
+                kept_count = view.shape[0] * view.shape[2]
+                self._arrays["count"] += kept_count if skip is None else kept_count - skip.masked
             if skip is not None:
                 self._arrays["masked_count"] += skip.masked
         except BaseException:
             if fresh:  # a failed first batch leaves the accumulator as it was
-                self._kind, self._arrays = None, {}
+                self._kind, self._arrays, self._family, self._dist = None, {}, None, None
                 self._n_features, self._pending_dtype, self._pending_values = before
             raise
+        if part is not None:
+            self._add_part(part)
         self._dtype = dtype
         self._empty = None
         self._bfloat16 = name == BFLOAT16 and self._bfloat16 is not False
@@ -556,12 +591,10 @@ class StatsAccumulator:
                 f"batch {index} has dtype {shown} but earlier batches were {self.dtype_name}; integer "
                 f"and float batches cannot share an accumulator: cast them to one dtype"
             )
-        if self._histogram and (kind != INT_KIND or dtype.itemsize != 1):
-            raise DTypeError(
-                f"batch {index} has dtype {shown}, but histogram=True needs 8-bit integer data "
-                f"(uint8, int8 or bool); pass histogram=False for other dtypes"
-            )
-        if (self._histogram and self._dtype is not None and dtype != self._dtype
+        if self._histogram and self._family is not None:
+            self._check_family(family(dtype), shown, index)
+        if (self._histogram and self._family == "hist8" and family(dtype) == "hist8"
+                and self._dtype is not None and dtype != self._dtype
                 and _histogram_offset(self._dtype, dtype) is None):
             raise DTypeError(
                 f"batch {index} has dtype {shown} but earlier batches were {self._dtype.name}: with "
@@ -570,12 +603,87 @@ class StatsAccumulator:
                 f"(exact moments for any mix of integer dtypes)"
             )
 
+    def _check_family(self, batch_family: str, shown: Any, index: int) -> None:
+        """Refuse a batch whose distribution cannot join the one kept so far."""
+        exact = {"hist8", EXACT}
+        if batch_family == self._family or {batch_family, self._family} <= exact:
+            return
+        what = {"hist8": "exact counts of 8-bit values", EXACT: "exact counts of 16-bit values",
+                GRID: "counts on a log grid"}
+        raise DTypeError(
+            f"batch {index} has dtype {shown}, whose histogram=True distribution is {what[batch_family]}, "
+            f"but earlier batches ({self.dtype_name}) keep {what[self._family]}; cast every batch to "
+            f"one kind of dtype (bool/8/16-bit integers are exact, others use the grid)"
+        )
+
+    def _batch_distribution(self, view: np.ndarray, dtype: np.dtype) -> Distribution | None:
+        """This batch's sparse distribution (None unless the state keeps exact or grid counts)."""
+        if self._family == "hist8" and family(dtype) == EXACT:
+            self._to_sparse()  # 8-bit bins so far, 16-bit values now: exact counts hold both
+        if self._family not in (EXACT, GRID):
+            return None
+        keep_inf = self._nan_policy == "propagate"
+        parts = self._run(self._parts(view),
+                          lambda x: count_batch(x, self._family, self._quantile_error, keep_inf))
+        total = parts[0]
+        for p in parts[1:]:
+            total = total.merge(p)
+        return total
+
+    def _kept_distribution(self, raw: np.ndarray, kept: np.ndarray, dtype: np.dtype) -> Distribution | None:
+        """The distribution of the kept values only (masked ones never enter the counts)."""
+        if self._family not in (EXACT, GRID) and not (self._family == "hist8" and family(dtype) == EXACT):
+            return None
+        parts = [self._batch_distribution(raw[:, f, :][kept[:, f, :] != 0].reshape(-1, 1, 1), dtype)
+                 for f in range(raw.shape[1])]
+        return Distribution.concat(parts)
+
+    @property
+    def _dist(self) -> Distribution | None:
+        """The sparse distribution so far (pending batch parts merged in first)."""
+        pending = self.__dict__.get("_dist_pending")
+        if pending:
+            while len(pending) > 1:  # a balanced tree: merge cost stays near linear
+                pending = [pending[i].merge(pending[i + 1]) if i + 1 < len(pending) else pending[i]
+                           for i in range(0, len(pending), 2)]
+            self._dist_state = self._dist_state.merge(pending[0])
+            self._dist_pending = []
+        return self.__dict__.get("_dist_state")
+
+    @_dist.setter
+    def _dist(self, value: Distribution | None) -> None:
+        self._dist_state = value
+        self._dist_pending: list[Distribution] = []
+
+    def _add_part(self, part: Distribution) -> None:
+        """Keep a batch's counts aside; merge them into the state once they outweigh it.
+
+        Merging every small batch into a large state would cost the state's
+        size per batch; waiting until the parts hold as many keys as the state
+        keeps the cost per key bounded. Counts add exactly, so when they merge
+        changes nothing in the result.
+        """
+        self._dist_pending.append(part)
+        size = sum(p.keys.size for p in self._dist_pending)
+        if size >= max(self._dist_state.keys.size, 1 << 16) or len(self._dist_pending) >= 1024:
+            _ = self._dist
+
+    def _to_sparse(self) -> None:
+        """Move dense 8-bit bins into exact sparse counts (values as keys)."""
+        a = self._arrays
+        self._dist = Distribution.from_dense(a.pop("hist"), _bin_offset(self._dtype))
+        self._family = EXACT
+
     def _feature_letter(self) -> str:
         axis = self._layout.feature_axis
         return "feature" if axis is None else repr(self._layout.text[axis])
 
-    def _start(self, kind: str, n_feat: int) -> None:
+    def _start(self, kind: str, n_feat: int, dist_family: str | None = None) -> None:
         self._kind = kind
+        self._family = dist_family
+        self._dist = None
+        if dist_family in (EXACT, GRID):
+            self._dist = Distribution.empty(n_feat, dist_family, self._quantile_error)
         self._n_features = n_feat
         z = lambda dt=np.float64: np.zeros(n_feat, dt)  # noqa: E731
         a: dict[str, np.ndarray] = {"count": z(np.int64), "nan_count": z(np.int64),
@@ -583,9 +691,9 @@ class StatsAccumulator:
         if kind == FLOAT_KIND:
             a.update(shift=z(), has_shift=z(np.uint8), mean=z(), m2=z(),
                      min=np.full(n_feat, np.inf), max=np.full(n_feat, -np.inf))
-        elif self._histogram:
+        elif dist_family == "hist8":
             a["hist"] = np.zeros((n_feat, HISTOGRAM_BINS), np.int64)
-        else:
+        elif dist_family != EXACT:
             a.update(
                 int_sum=np.zeros(n_feat, object), int_sumsq=np.zeros(n_feat, object),
                 min=np.full(n_feat, np.iinfo(np.int64).max), max=np.full(n_feat, np.iinfo(np.int64).min),
@@ -883,6 +991,10 @@ class StatsAccumulator:
             )
         offset = None
         if self._histogram:
+            self._check_family(other._family, other.dtype_name, 0)
+            if EXACT in (self._family, other._family):
+                self._merge_sparse(other)
+                return self
             offset = _histogram_offset(self._dtype, other._dtype)
             if offset is None:
                 raise IncompatibleStatsError(
@@ -890,11 +1002,13 @@ class StatsAccumulator:
                     f"{self._dtype.name} data (int8 holds -128..127, uint8 0..255, no 256 bins hold "
                     f"both); accumulate one 8-bit dtype, or use histogram=False"
                 )
+        if self._family == GRID:
+            self._dist = self._dist.merge(other._dist)
         a, b = self._arrays, other._arrays
         if self._kind == INT_KIND:
             self._flush()
             other._flush()
-            if self._histogram:
+            if self._family == "hist8":
                 a["hist"] = (_rebinned(a["hist"], self._dtype, offset)
                              + _rebinned(b["hist"], other._dtype, offset))
             else:
@@ -928,6 +1042,20 @@ class StatsAccumulator:
         self._n_batches += other._n_batches
         return self
 
+    def _merge_sparse(self, other: StatsAccumulator) -> None:
+        """Merge exact counts (either side may still hold dense 8-bit bins)."""
+        mine = self._dist if self._family == EXACT else Distribution.from_dense(
+            self._arrays["hist"], _bin_offset(self._dtype))
+        theirs = other._dist if other._family == EXACT else Distribution.from_dense(
+            other._arrays["hist"], _bin_offset(other._dtype))
+        self._arrays.pop("hist", None)
+        self._family, self._dist = EXACT, mine.merge(theirs)
+        self._arrays["count"] += other._arrays["count"]
+        self._arrays["nan_count"] += other._arrays["nan_count"]
+        self._dtype = np.promote_types(self._dtype, other._dtype)
+        self._bfloat16 = False
+        self._n_batches += other._n_batches
+
     def result(self) -> Stats:
         """The statistics of every batch seen, as an immutable :class:`Stats`.
 
@@ -953,8 +1081,10 @@ class StatsAccumulator:
                 mean = a["shift"] + shifted_mean
             return Stats(**common, mean=mean, m2=np.where(empty, 0.0, a["m2"]),
                          min=np.where(empty, np.nan, a["min"]), max=np.where(empty, np.nan, a["max"]),
-                         shift=a["shift"], shifted_mean=shifted_mean)
-        if self._histogram:
+                         shift=a["shift"], shifted_mean=shifted_mean, distribution=self._dist)
+        if self._family == EXACT:
+            int_sum, int_sumsq, lo, hi = exact_sums(self._dist)
+        elif self._family == "hist8":
             hist = a["hist"]
             values = np.arange(HISTOGRAM_BINS, dtype=object) + (-128 if self._dtype == np.int8 else 0)
             weights = hist.astype(object)
@@ -976,16 +1106,16 @@ class StatsAccumulator:
         return Stats(
             **common, mean=mean, m2=m2,
             min=lo, max=hi, histogram=a.get("hist"),
-            int_sum=tuple(int_sum), int_sumsq=tuple(int_sumsq),
+            int_sum=tuple(int_sum), int_sumsq=tuple(int_sumsq), distribution=self._dist,
         )
 
     def _empty_result(self) -> Stats:
         """count-0 statistics of the features of the empty batches seen."""
         n_feat, dtype = self._empty
         kind, _ = _classify(np.empty(0, dtype), self._n_batches)
-        probe = StatsAccumulator(self.layout, self._feature_names, self._histogram and dtype.itemsize == 1
-                                 and kind == INT_KIND, self._nan_policy)
-        probe._start(kind, n_feat)
+        probe = StatsAccumulator(self.layout, self._feature_names, self._histogram, self._nan_policy,
+                                 quantile_error=self._quantile_error)
+        probe._start(kind, n_feat, family(dtype) if self._histogram else None)
         probe._dtype = dtype
         return probe.result()
 
@@ -1009,7 +1139,12 @@ class StatsAccumulator:
             "n_batches": self._n_batches,
             "n_features": self._n_features,
             "empty": None if self._empty is None else [self._empty[0], self._empty[1].name],
+            "quantile_error": self._quantile_error,
+            "family": self._family,
         }
+        if self._dist is not None:
+            state.update(dist_offsets=self._dist.offsets.copy(), dist_keys=self._dist.keys.copy(),
+                         dist_counts=self._dist.counts.copy())
         for key, value in self._arrays.items():
             if key.startswith("p_"):
                 continue
@@ -1044,12 +1179,13 @@ class StatsAccumulator:
                 )
             names = state.get("feature_names")
             fresh = StatsAccumulator(self.layout, names, self._histogram, self._nan_policy, self._threads,
-                                     self._ignore_value)
+                                     self._ignore_value,
+                                     quantile_error=state.get("quantile_error", self._quantile_error))
             kind = state["kind"]
             if kind is not None:
                 if kind not in (INT_KIND, FLOAT_KIND):
                     raise StreamnormError(f"unknown kind {kind!r}")
-                fresh._start(kind, int(state["n_features"]))
+                fresh._start(kind, int(state["n_features"]), fresh._state_family(state))
                 for key, template in fresh._arrays.items():
                     if key.startswith("p_") or (key == "masked_count" and key not in state):
                         continue  # (version-1 states have no masked_count: zeros)
@@ -1064,6 +1200,11 @@ class StatsAccumulator:
                             raise StreamnormError(f"{key} has shape {value.shape}, expected {template.shape}")
                         template[...] = value
                 fresh._restore_dtype(str(state["dtype"]), kind)
+                if fresh._family in (EXACT, GRID):
+                    fresh._dist = Distribution(fresh._family, fresh._quantile_error, state["dist_offsets"],
+                                               state["dist_keys"], state["dist_counts"])
+                    if fresh._dist.n_features != fresh._n_features:
+                        raise StreamnormError("the distribution's feature count differs from n_features")
             fresh._n_batches = int(state["n_batches"])
             empty = state.get("empty")
             if kind is None and empty is not None:
@@ -1089,17 +1230,27 @@ class StatsAccumulator:
         expected = INT_KIND if dtype.kind in "biu" and dtype.itemsize < 8 else FLOAT_KIND
         if dtype.kind not in "biuf" or expected != kind:
             raise StreamnormError(f"malformed StatsAccumulator state: dtype {name!r} does not fit kind {kind!r}")
-        if self._histogram and dtype.itemsize != 1:
+        if self._histogram and self._family != EXACT and family(dtype) != self._family:
             raise StreamnormError(
-                f"malformed StatsAccumulator state: a histogram needs 8-bit data, but its dtype is {name!r}"
+                f"malformed StatsAccumulator state: its {self._family} distribution does not fit dtype {name!r}"
             )
         self._dtype = dtype
+
+    def _state_family(self, state: Mapping[str, Any]) -> str | None:
+        """The distribution family of a loaded state (states before distributions: 8-bit bins)."""
+        if not self._histogram:
+            return None
+        found = state.get("family", "hist8")
+        if found not in ("hist8", EXACT, GRID):
+            raise StreamnormError(f"unknown distribution family {found!r}")
+        return found
 
     def copy(self) -> StatsAccumulator:
         """An independent copy (same configuration and state)."""
         other = copy.copy(self)
         other._pool = None
         other._arrays = {k: v.copy() for k, v in self._arrays.items()}
+        other._dist_pending = list(self._dist_pending)  # (Distributions are immutable: sharing is safe)
         return other
 
     def __getstate__(self) -> dict[str, Any]:
@@ -1175,7 +1326,7 @@ def compute_stats(
         broadcastable to the data; False skips a value, see
         :meth:`StatsAccumulator.update`).
     **acc_kwargs
-        ``feature_names``, ``histogram``, ``nan_policy``, ``threads``,
+        ``feature_names``, ``histogram``, ``quantile_error``, ``nan_policy``, ``threads``,
         ``ignore_value``.
 
     Examples

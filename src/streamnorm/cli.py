@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode images as RGB (default), L (one luma channel) or all "
                         "(every channel as stored, e.g. multispectral TIFF)")
     c.add_argument("--histogram", action="store_true",
-                   help="keep exact 256-bin histograms (8-bit data): quantiles, median, IQR")
+                   help="keep each feature's distribution for quantiles, median, IQR and KS "
+                        "distances: exact counts per value for bool/8/16-bit integers, a log grid "
+                        "within relative 1e-3 for every other dtype")
     c.add_argument("--nan-policy", choices=("raise", "omit", "propagate"), default="raise",
                    help="NaN/inf and Parquet nulls: raise (default), omit (skip and count), "
                         "propagate")
@@ -477,7 +479,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         columns = ["split", "feature", "count", "mean", "std", "min", "max", "nan_count"]
         if masked:
             columns.append("masked_count")
-        if any(s.histogram is not None for s in loaded.values()):
+        if any(s.has_distribution for s in loaded.values()):
             columns += [q for q, _ in report.QUANTILES]
         rows = [{"split": name, **row} for name, rows in per_split.items() for row in rows]
         sys.stdout.write(report.to_csv(rows, columns))

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .accumulate import StatsAccumulator
+from .distribution import Distribution
 from .errors import IncompatibleStatsError, StreamnormError
 from .stats import Stats
 
@@ -89,7 +90,11 @@ def encode_state(obj: Stats | StatsAccumulator) -> bytes:
     True
     """
     if isinstance(obj, Stats):
-        payload = {"kind": "stats", "state": _enc({f: getattr(obj, f) for f in _STATS_FIELDS})}
+        state = {f: getattr(obj, f) for f in _STATS_FIELDS}
+        d = obj.distribution
+        state["distribution"] = None if d is None else {
+            "kind": d.kind, "error": d.error, "offsets": d.offsets, "keys": d.keys, "counts": d.counts}
+        payload = {"kind": "stats", "state": _enc(state)}
     elif isinstance(obj, StatsAccumulator):
         payload = {"kind": "accumulator", "state": _enc(obj.state_dict())}
     else:
@@ -110,6 +115,8 @@ def decode_state(data: bytes, like: StatsAccumulator | None = None) -> Stats | S
             for f in ("int_sum", "int_sumsq", "feature_names"):
                 if fields.get(f) is not None:
                     fields[f] = tuple(fields[f])
+            if fields.get("distribution") is not None:
+                fields["distribution"] = Distribution(**fields["distribution"])
             return Stats(**fields)
         if kind == "accumulator":
             acc = like.copy() if like is not None else StatsAccumulator(

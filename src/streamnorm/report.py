@@ -13,9 +13,12 @@ standardized mean difference (SMD)
 std ratio
     ``std_other / std_base``.
 KS distance
-    ``max |F_base(v) - F_other(v)|`` over the exact 256-bin histograms (the
-    two-sample Kolmogorov-Smirnov statistic of the data, exact for 8-bit
-    input); ``None`` without histograms.
+    ``max |F_base(v) - F_other(v)|`` over the features' distributions
+    (``histogram=True``): the two-sample Kolmogorov-Smirnov statistic of the
+    data, exact for bool, 8- and 16-bit input; on the log grid of other
+    dtypes it is taken at bucket edges (mass inside one bucket, a relative
+    width of ``2 * quantile_error``, is not told apart). ``None`` without
+    distributions, or for distributions on different grids.
 
 A feature is *flagged* when ``|SMD| > threshold``, when the std ratio lies
 outside ``[1 / (1 + threshold), 1 + threshold]`` or when the KS distance
@@ -67,6 +70,7 @@ DEFAULT_THRESHOLD = 0.1
 QUANTILES = (("q25", 0.25), ("median", 0.5), ("q75", 0.75))
 MAX_PLOTTED_FEATURES = 64
 MAX_HISTOGRAM_PANELS = 8
+PLOT_BINS = 256  # equal bins a float or 16-bit distribution is drawn on
 
 
 def _num(value: Any) -> float | int | None:
@@ -81,7 +85,7 @@ def _num(value: Any) -> float | int | None:
 
 def summary_rows(stats: Stats) -> list[dict[str, Any]]:
     """One dict per feature: feature, count, mean, std, min, max, nan_count
-    (and q25, median, q75 when the statistics carry a histogram).
+    (and q25, median, q75 when the statistics carry a distribution).
 
     Examples
     --------
@@ -92,7 +96,7 @@ def summary_rows(stats: Stats) -> list[dict[str, Any]]:
     """
     std = stats.std
     quantiles = {}
-    if stats.histogram is not None:
+    if stats.has_distribution:
         qs = stats.quantile([q for _, q in QUANTILES])
         quantiles = {name: qs[i] for i, (name, _) in enumerate(QUANTILES)}
     rows = []
@@ -113,7 +117,7 @@ def summary_rows(stats: Stats) -> list[dict[str, Any]]:
 
 
 def ks_distance(base: Stats, other: Stats) -> np.ndarray | None:
-    """Per-feature two-sample KS distance from exact histograms (None without them).
+    """Per-feature two-sample KS distance from the distributions (None without them).
 
     Examples
     --------
@@ -123,19 +127,12 @@ def ks_distance(base: Stats, other: Stats) -> np.ndarray | None:
     >>> ks_distance(a, b).tolist()
     [0.5]
     """
-    if base.histogram is None or other.histogram is None:
+    if not (base.has_distribution and other.has_distribution) or base.n_features != other.n_features:
         return None
-    if base.histogram_offset != other.histogram_offset:
+    a, b = base.sparse_distribution(), other.sparse_distribution()
+    if a.kind != b.kind or a.bits != b.bits:
         return None
-    out = np.full(base.n_features, np.nan)
-    for f in range(base.n_features):
-        na, nb = base.histogram[f].sum(), other.histogram[f].sum()
-        if na == 0 or nb == 0:
-            continue
-        ca = np.cumsum(base.histogram[f]) / na
-        cb = np.cumsum(other.histogram[f]) / nb
-        out[f] = float(np.max(np.abs(ca - cb)))
-    return out
+    return a.ks_distance(b)
 
 
 @dataclass(frozen=True)
@@ -149,7 +146,7 @@ class Diff:
     threshold : float
     rows : list of dict
         feature, mean_base, mean_other, smd, std_base, std_other, std_ratio,
-        ks (None without histograms), flagged, reasons.
+        ks (None without distributions), flagged, reasons.
     """
 
     base: str
@@ -435,18 +432,36 @@ def _stats_panel(ax: Any, stats_by_split: Mapping[str, Stats], splits: Sequence[
     ax.grid(alpha=0.3)
 
 
+def _plotted_distribution(stats: Stats, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, fraction of the data) for feature ``f``'s panel: 8-bit bins as they are, other
+    distributions re-binned onto PLOT_BINS equal bins over their finite values."""
+    if stats.histogram is not None:
+        hist = stats.histogram[f].astype(float)
+        total = hist.sum()
+        return np.arange(hist.size) + stats.histogram_offset, hist / total if total else hist
+    dist = stats.distribution
+    values, (_, counts) = dist.values(f), dist.feature(f)
+    finite = np.isfinite(values)
+    values, counts = values[finite], counts[finite]
+    if not counts.sum():
+        return np.zeros(0), np.zeros(0)
+    lo, hi = float(values.min()), float(values.max())
+    if dist.kind == "exact" and hi - lo < PLOT_BINS:
+        span = np.arange(lo, hi + 1)
+        return span, np.bincount((values - lo).astype(np.int64), counts, span.size) / counts.sum()
+    binned, edges = np.histogram(values, bins=PLOT_BINS, range=(lo, hi) if hi > lo else None, weights=counts)
+    return (edges[:-1] + edges[1:]) / 2, binned / counts.sum()
+
+
 def _histogram_panels(fig: Any, grid: Any, row: int, stats_by_split: Mapping[str, Stats],
                       splits: Sequence[str], n_hist: int) -> None:
     names = stats_by_split[splits[0]].feature_names
     for f in range(n_hist):
         hax = fig.add_subplot(grid[row, f])
         for split in splits:
-            stats = stats_by_split[split]
-            hist = stats.histogram[f].astype(float)
-            total = hist.sum()
-            if total:
-                values = np.arange(hist.size) + stats.histogram_offset
-                hax.step(values, hist / total, where="mid", label=split, linewidth=1)
+            values, fraction = _plotted_distribution(stats_by_split[split], f)
+            if values.size:
+                hax.step(values, fraction, where="mid", label=split, linewidth=1)
         hax.set_title(f"{names[f]}", fontsize=9)
         hax.tick_params(labelsize=7)
         if f == 0:
@@ -467,7 +482,7 @@ def figure(stats_by_split: Mapping[str, Stats], title: str | None = None) -> Any
     groups = feature_groups(stats_by_split)
     panels = []  # (splits, splits with histograms, histogram panels)
     for splits in groups:
-        hist_splits = [s for s in splits if stats_by_split[s].histogram is not None]
+        hist_splits = [s for s in splits if stats_by_split[s].has_distribution]
         n_feat = min(stats_by_split[splits[0]].n_features, MAX_PLOTTED_FEATURES)
         panels.append((splits, hist_splits, min(n_feat, MAX_HISTOGRAM_PANELS) if hist_splits else 0))
     widest = max(min(stats_by_split[g[0]].n_features, MAX_PLOTTED_FEATURES) * max(1, len(g)) ** 0.5

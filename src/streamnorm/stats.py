@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels as K
+from .distribution import Distribution
 from .errors import IncompatibleStatsError, StreamnormError
 
 __all__ = [
@@ -360,6 +361,10 @@ class Stats:
     masked_count : array of int64, shape (F,), optional
         Values skipped by a mask or ``ignore_value`` (in neither ``count``
         nor ``nan_count``); zeros when not given.
+    distribution : Distribution, optional
+        Each feature's distribution (``histogram=True`` on data other than
+        8-bit): exact counts per value for 16-bit integers, counts on a fixed
+        log grid otherwise. 8-bit data keeps ``histogram`` instead.
     shift, shifted_mean : array of float64, shape (F,), optional
         The value each feature was accumulated about and the mean relative to
         it, so that ``mean == shift + shifted_mean`` (in float64). Merges use
@@ -399,6 +404,7 @@ class Stats:
     shift: np.ndarray | None = None
     shifted_mean: np.ndarray | None = None
     masked_count: np.ndarray | None = None
+    distribution: Distribution | None = None
 
     def __post_init__(self) -> None:
         names = tuple(map(str, self.feature_names))
@@ -429,6 +435,11 @@ class Stats:
                 if len(values) != nf:
                     raise StreamnormError(f"Stats.{field} must have {nf} values")
                 set_(self, field, values)
+        if self.distribution is not None:
+            if not isinstance(self.distribution, Distribution) or self.distribution.n_features != nf:
+                raise StreamnormError(f"Stats.distribution must be a Distribution of {nf} features")
+            if self.histogram is not None:
+                raise StreamnormError("Stats take a histogram (8-bit data) or a distribution, not both")
         shift, shifted_mean = _shift_pair(self.mean, self.shift, self.shifted_mean, names)
         set_(self, "shift", _readonly(shift, np.float64, (nf,), "shift"))
         set_(self, "shifted_mean", _readonly(shifted_mean, np.float64, (nf,), "shifted_mean"))
@@ -477,10 +488,62 @@ class Stats:
         """Value held by histogram bin 0 (-128 for int8, 0 otherwise)."""
         return -128 if self.dtype == "int8" else 0
 
-    def quantile(self, q: float | Sequence[float] | np.ndarray) -> np.ndarray:
-        """Exact quantiles from the histogram, as ``numpy.quantile`` computes them.
+    @property
+    def has_distribution(self) -> bool:
+        """True when quantiles are known (``histogram=True`` at accumulation)."""
+        return self.histogram is not None or self.distribution is not None
 
-        Matches numpy's default ``"linear"`` method on the same data.
+    @property
+    def quantile_error(self) -> float:
+        """Relative bound of :meth:`quantile`: 0.0 where exact (bool, 8/16-bit), NaN without a distribution."""
+        if self.histogram is not None:
+            return 0.0
+        return float("nan") if self.distribution is None else self.distribution.error
+
+    def sparse_distribution(self) -> Distribution:
+        """Each feature's distribution as a :class:`Distribution`, 8-bit histograms included.
+
+        Raises :class:`StreamnormError` (naming ``histogram=True``) without one.
+
+        Examples
+        --------
+        >>> import numpy as np, streamnorm as sn
+        >>> s = sn.compute_stats(np.array([[3], [3], [7]], np.uint8), layout="NF", histogram=True)
+        >>> d = s.sparse_distribution()
+        >>> d.values(0).tolist(), d.counts.tolist()
+        ([3.0, 7.0], [2, 1])
+        """
+        if not self.has_distribution:
+            raise StreamnormError(
+                "these statistics carry no distribution; accumulate them with "
+                "StatsAccumulator(..., histogram=True) (or compute_stats(..., histogram=True))"
+            )
+        if self.distribution is not None:
+            return self.distribution
+        return Distribution.from_dense(self.histogram, self.histogram_offset)
+
+    def quantile(self, q: float | Sequence[float] | np.ndarray) -> np.ndarray:
+        """Quantiles from the distribution, as ``numpy.quantile`` computes them.
+
+        For bool, 8- and 16-bit integers they equal numpy's default
+        ``"linear"`` method bit for bit. On the log grid (other dtypes), with
+        ``lo``/``hi`` numpy's ``method="lower"``/``"higher"`` quantiles, some
+        ``v`` in ``[lo, hi]`` has ``|result - v| <= quantile_error * |v|``;
+        ``q=0`` and ``q=1`` give the exact min and max, and no result leaves
+        ``[min, max]``. The bound is relative to the value: data far from zero
+        (offset data, such as 1000 +- 0.01) gets an absolute resolution of
+        about ``quantile_error * |value|``; shift such data (or pick a smaller
+        ``quantile_error``) when that is too coarse.
+
+        Examples
+        --------
+        >>> import numpy as np, streamnorm as sn
+        >>> x = np.arange(1, 1001, dtype=np.float32).reshape(-1, 1)
+        >>> s = sn.compute_stats(x, layout="NF", histogram=True)
+        >>> s.quantile_error, s.quantile([0.0, 1.0])[:, 0].tolist()   # min and max are exact
+        (0.001, [1.0, 1000.0])
+        >>> bool(abs(s.median[0] - np.median(x)) <= 1e-3 * 501)
+        True
 
         Parameters
         ----------
@@ -495,13 +558,13 @@ class Stats:
         Raises
         ------
         StreamnormError
-            When the statistics have no histogram (accumulate 8-bit data with
+            When the statistics have no distribution (accumulate with
             ``histogram=True``) or ``q`` is outside [0, 1].
         """
-        if self.histogram is None:
+        if not self.has_distribution:
             raise StreamnormError(
-                "these statistics carry no histogram, so quantiles are unknown; accumulate "
-                "8-bit data with StatsAccumulator(..., histogram=True)"
+                "these statistics carry no distribution, so quantiles are unknown; accumulate "
+                "them with StatsAccumulator(..., histogram=True) (or compute_stats(..., histogram=True))"
             )
         try:
             qs = np.asarray(q, dtype=np.float64)
@@ -513,38 +576,17 @@ class Stats:
             )
         if np.any(~((qs >= 0) & (qs <= 1))):
             raise StreamnormError(f"quantiles must be in [0, 1], got {q!r}")
-        flat = np.atleast_1d(qs)
-        out = np.full((flat.size, self.n_features), np.nan)
-        offset = float(self.histogram_offset)
-        for f in range(self.n_features):
-            hist = self.histogram[f]
-            n = int(hist.sum())
-            if n == 0:
-                continue
-            cum = np.cumsum(hist)
-            virtual = (n - 1) * flat
-            prev = np.floor(virtual)
-            gamma = virtual - prev
-            prev_i = prev.astype(np.int64)
-            next_i = np.minimum(prev_i + 1, n - 1)
-            a = np.searchsorted(cum, prev_i, side="right").astype(np.float64) + offset
-            b = np.searchsorted(cum, next_i, side="right").astype(np.float64) + offset
-            diff = b - a
-            # numpy's _lerp: evaluate from the nearer end for monotonicity.
-            res = a + diff * gamma
-            hi = gamma >= 0.5
-            res[hi] = (b - diff * (1 - gamma))[hi]
-            out[:, f] = res
+        out = self.sparse_distribution().quantile(np.atleast_1d(qs), self.min, self.max)
         return out[0] if qs.ndim == 0 else out
 
     @property
     def median(self) -> np.ndarray:
-        """Exact median per feature (needs the histogram)."""
+        """Median per feature (needs a distribution; exact where :attr:`quantile_error` is 0)."""
         return self.quantile(0.5)
 
     @property
     def iqr(self) -> np.ndarray:
-        """Exact interquartile range per feature (needs the histogram)."""
+        """Interquartile range per feature (needs a distribution; exact where :attr:`quantile_error` is 0)."""
         q1, q3 = self.quantile([0.25, 0.75])
         return q3 - q1
 
@@ -566,10 +608,17 @@ class Stats:
                 "cannot merge statistics with a histogram and statistics without one; "
                 "accumulate both with the same histogram setting"
             )
+        if (self.distribution is None) != (other.distribution is None):
+            raise IncompatibleStatsError(
+                f"cannot merge statistics of {self.dtype} data with a distribution of another kind "
+                f"({other.dtype} data); accumulate both from one kind of dtype"
+            )
         if self.histogram is not None and self.histogram_offset != other.histogram_offset:
             raise IncompatibleStatsError(
                 f"cannot merge histograms of {self.dtype} and {other.dtype} data"
             )
+        if self.distribution is not None:
+            self.distribution.check_compatible(other.distribution)
 
     def merge(self, other: Stats) -> Stats:
         """Statistics of both inputs together, as one pass over both would give.
@@ -619,6 +668,9 @@ class Stats:
         masked_count = sum(item.masked_count for item in items)
         dtype = common_dtype(item.dtype for item in items)
         histogram = None if first.histogram is None else sum(item.histogram for item in items)
+        distribution = first.distribution
+        for item in items[1:]:
+            distribution = None if distribution is None else distribution.merge(item.distribution)
         lo, hi = first.min, first.max
         seen = first.count > 0
         for item in items[1:]:
@@ -642,6 +694,7 @@ class Stats:
             count=count, nan_count=nan_count, mean=mean, m2=m2, min=lo, max=hi,
             histogram=histogram, int_sum=int_sum, int_sumsq=int_sumsq,
             shift=shift, shifted_mean=shifted_mean, masked_count=masked_count,
+            distribution=distribution,
         )
 
     def select(self, indices: Sequence[int]) -> Stats:
@@ -669,6 +722,7 @@ class Stats:
             histogram=None if self.histogram is None else self.histogram[idx],
             int_sum=None if self.int_sum is None else tuple(self.int_sum[i] for i in idx),
             int_sumsq=None if self.int_sumsq is None else tuple(self.int_sumsq[i] for i in idx),
+            distribution=None if self.distribution is None else self.distribution.select(idx),
             **per_feature,
         )
 
@@ -691,6 +745,10 @@ class Stats:
         if not parts:
             raise StreamnormError("Stats.concat needs at least one Stats")
         hists = [p.histogram for p in parts]
+        distribution = None
+        if all(p.has_distribution for p in parts) and any(h is None for h in hists):
+            # 8-bit bins join 16-bit or grid counts as sparse counts; exact and grid do not mix
+            distribution = Distribution.concat([p.sparse_distribution() for p in parts])
         exact = all(p.int_sum is not None for p in parts)
         per_feature = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _FEATURE_ARRAYS}
         return Stats(
@@ -699,6 +757,7 @@ class Stats:
             histogram=None if any(h is None for h in hists) else np.concatenate(hists, axis=0),
             int_sum=tuple(v for p in parts for v in p.int_sum) if exact else None,
             int_sumsq=tuple(v for p in parts for v in p.int_sumsq) if exact else None,
+            distribution=distribution,
             **per_feature,
         )
 
@@ -722,6 +781,8 @@ class Stats:
                     (*_FEATURE_ARRAYS, "histogram"))
             and self.int_sum == other.int_sum
             and self.int_sumsq == other.int_sumsq
+            and (self.distribution is None) == (other.distribution is None)
+            and (self.distribution is None or self.distribution.equals(other.distribution))
         )
 
     def __eq__(self, other: object) -> bool:
@@ -734,5 +795,6 @@ class Stats:
             f"Stats(layout={self.layout!r}, dtype={self.dtype!r}, n_features={self.n_features}, "
             f"count={self.count.tolist()[:4]}, mean={np.round(self.mean, 6).tolist()[:4]}, "
             f"std={np.round(self.std, 6).tolist()[:4]}"
-            f"{', histogram' if self.histogram is not None else ''})"
+            f"{', histogram' if self.histogram is not None else ''}"
+            f"{', distribution' if self.distribution is not None else ''})"
         )

@@ -18,7 +18,12 @@ histogram      list<int64>            256 exact counts (8-bit input), else null
 int_sum        decimal128(38, 0)      exact sum of integer input, else null
 int_sumsq      decimal128(38, 0)      exact sum of squares, else null
 masked_count   int64                  values skipped by a mask or ignore_value
+distribution_* list<int64>            sparse distribution (keys, counts), else null
 ============== ====================== ==========================================
+
+The two ``distribution_keys`` / ``distribution_counts`` columns (format 2,
+optional on read) hold the distributions of ``histogram=True`` on data other
+than 8-bit; :mod:`streamnorm._distfile` describes them.
 
 ``shift`` and ``shifted_mean`` (new in format 2) let merges of stored float
 statistics stay as accurate as one pass; ``mean`` stays the plain mean, so
@@ -52,7 +57,8 @@ hex SHA-256 of this byte string, all integers little-endian, every column in
    ``min``, ``max``, ``shift``, ``shifted_mean`` as IEEE-754 binary64 [F];
 5. ``histogram``: byte 0 when null, else byte 1 and the F x 256 counts as
    int64 (row-major); ``int_sum``, ``int_sumsq``: byte 0 when null, else byte 1
-   and the F values as 16-byte two's complement (decimal128's own bytes).
+   and the F values as 16-byte two's complement (decimal128's own bytes);
+6. the distribution, when there is one (see :mod:`streamnorm._distfile`).
 
 Every part is a whole buffer, so computing it is a few hashes of contiguous
 memory, not a loop over features. A column is either null for every feature
@@ -89,7 +95,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import _distfile as D
 from ._version import __version__
+from .distribution import Distribution
 from .errors import StatsFileError, StreamnormError
 from .layout import parse_layout
 from .stats import HISTOGRAM_BINS, Stats, exact_ints, exact_moments_array
@@ -119,7 +127,7 @@ META_SOURCE = "source"
 META_CHECKSUM = "streamnorm.checksum"
 #: Metadata keys covered by the content checksum (when present).
 CHECKSUM_KEYS = (META_FORMAT_VERSION, META_VERSION, META_LAYOUT, META_DTYPE, META_SPLIT,
-                 META_CREATED_AT, META_SOURCE)
+                 META_CREATED_AT, META_SOURCE, D.META_DISTRIBUTION, D.META_QUANTILE_ERROR)
 _CHECKSUM_PREFIX = "sha256:"
 
 EXACT_TYPE = pa.decimal128(38, 0)
@@ -143,12 +151,16 @@ SCHEMA = pa.schema(
         pa.field("int_sum", EXACT_TYPE, nullable=True),
         pa.field("int_sumsq", EXACT_TYPE, nullable=True),
         pa.field("masked_count", pa.int64(), nullable=False),
+        *D.FIELDS,
     ]
 )
 _SHIFT_COLUMNS = ("shift", "shifted_mean")
 _MASKED_COLUMNS = ("masked_count",)
 #: The columns of each format version.
-_COLUMNS = {1: [f for f in SCHEMA if f.name not in _SHIFT_COLUMNS + _MASKED_COLUMNS], 2: list(SCHEMA)}
+_OPTIONAL = frozenset([*_SHIFT_COLUMNS, *_MASKED_COLUMNS, D.KEYS, D.COUNTS])
+#: The columns each format version requires (format 2's distribution columns are optional).
+_COLUMNS = {1: [f for f in SCHEMA if f.name not in _OPTIONAL],
+            2: [f for f in SCHEMA if f.name not in (D.KEYS, D.COUNTS)]}
 
 _KNOWN_DTYPES = frozenset(
     ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -228,6 +240,7 @@ class _Columns:
     arrays: dict[str, np.ndarray]
     histogram: np.ndarray | None
     exact: dict[str, _Exact | None]
+    distribution: Distribution | None = None
 
 
 # -- encoding ----------------------------------------------------------------
@@ -389,6 +402,7 @@ def _inconsistency(
     exact: Mapping[str, _Exact | None],
     dtype: str,
     names: Sequence[str],
+    distribution: Distribution | None = None,
 ) -> str | None:
     """The first way in which a set of statistics contradicts itself, or None.
 
@@ -402,6 +416,8 @@ def _inconsistency(
     problem = problem or _exact_problem(exact, dtype, names)
     if problem is None and histogram is not None:
         problem = _histogram_problem(arrays, histogram, exact, dtype, names)
+    if problem is None and distribution is not None:
+        problem = D.problem(distribution, arrays, exact, dtype, names)
     if problem is None and exact["int_sum"] is not None:
         problem = _moments_problem(arrays, exact["int_sum"].values, exact["int_sumsq"].values,
                                    "exact sums int_sum/int_sumsq", names)
@@ -440,6 +456,7 @@ def _digest(meta: Mapping[str, str], cols: _Columns) -> str:
     for column in _DECIMAL_COLUMNS:
         exact = cols.exact[column]
         h.update(b"\x00" if exact is None else b"\x01" + exact.to_bytes())
+    h.update(D.digest_bytes(cols.distribution))
     return _CHECKSUM_PREFIX + h.hexdigest()
 
 
@@ -458,6 +475,7 @@ def _stats_columns(stats: Stats) -> _Columns:
         arrays={c: getattr(stats, c) for c in _INT_COLUMNS + _MASKED_COLUMNS + _FLOAT_COLUMNS + _SHIFT_COLUMNS},
         histogram=stats.histogram,
         exact=exact,
+        distribution=stats.distribution,
     )
 
 
@@ -505,7 +523,7 @@ def stats_to_table(
         # With no rows, a file could not tell "no histogram" from "empty histogram".
         raise StreamnormError("cannot save statistics of zero features")
     cols = _stats_columns(stats)
-    problem = _inconsistency(cols.arrays, cols.histogram, cols.exact, stats.dtype, names)
+    problem = _inconsistency(cols.arrays, cols.histogram, cols.exact, stats.dtype, names, cols.distribution)
     if problem is not None:
         raise StreamnormError(f"cannot save inconsistent statistics: {problem}")
     n = len(names)
@@ -517,6 +535,7 @@ def stats_to_table(
         *(pa.nulls(n, type=EXACT_TYPE) if cols.exact[c] is None else cols.exact[c].to_arrow()
           for c in _DECIMAL_COLUMNS),
         *(pa.array(cols.arrays[c]) for c in _MASKED_COLUMNS),
+        *D.to_arrow(stats.distribution, n),
     ]
     metadata = {
         META_FORMAT_VERSION: str(FORMAT_VERSION),
@@ -525,6 +544,7 @@ def stats_to_table(
         META_DTYPE: stats.dtype,
         META_CREATED_AT: created_at or _utc_now(),
     }
+    metadata.update(D.metadata(stats.distribution))
     if split is not None:
         metadata[META_SPLIT] = split
     if source is not None:
@@ -732,7 +752,7 @@ def _decode_names(names: pa.Array, where: str) -> tuple[str, ...]:
         raise StatsFileError(f"{where}: a feature name is not valid UTF-8 text ({exc})") from None
 
 
-def _columns(table: pa.Table, version: int, where: str) -> _Columns:
+def _columns(table: pa.Table, version: int, where: str, meta: Mapping[str, str]) -> _Columns:
     """The values of a stats-file table in ``feature_index`` order, unchecked but typed."""
     n = table.num_rows
     if n == 0:
@@ -753,12 +773,14 @@ def _columns(table: pa.Table, version: int, where: str) -> _Columns:
     exact = {c: _exact_column(table, c, where) for c in _DECIMAL_COLUMNS}
     if (exact["int_sum"] is None) != (exact["int_sumsq"] is None):
         raise StatsFileError(f"{where}: int_sum and int_sumsq must both be present or both null")
+    distribution = D.from_table(table, meta, where)
     if order is not None:
         names = names.take(pa.array(order))
         arrays = {c: a[order] for c, a in arrays.items()}
         histogram = None if histogram is None else histogram[order]
         exact = {c: None if v is None else v.take(order) for c, v in exact.items()}
-    return _Columns(names=names, arrays=arrays, histogram=histogram, exact=exact)
+        distribution = None if distribution is None else distribution.select(order)
+    return _Columns(names=names, arrays=arrays, histogram=histogram, exact=exact, distribution=distribution)
 
 
 def content_checksum(table: pa.Table, where: str = "statistics file") -> str:
@@ -784,7 +806,7 @@ def content_checksum(table: pa.Table, where: str = "statistics file") -> str:
     if version < 2:
         raise StatsFileError(f"{where}: format {version} files carry no checksum")
     _check_columns(table.schema, version, where)
-    return _digest(meta, _columns(table, version, where))
+    return _digest(meta, _columns(table, version, where, meta))
 
 
 def _verify_checksum(meta: Mapping[str, str], cols: _Columns, where: str) -> None:
@@ -828,18 +850,20 @@ def table_to_stats(table: pa.Table, where: str = "statistics file") -> Stats:
     meta = _text_metadata(table.schema, where)
     version = _check_header(meta, where)
     _check_columns(table.schema, version, where)
-    cols = _columns(table, version, where)
+    cols = _columns(table, version, where, meta)
     if version >= 2:
         _verify_checksum(meta, cols, where)
     names = _decode_names(cols.names, where)
-    problem = _inconsistency(cols.arrays, cols.histogram, cols.exact, meta[META_DTYPE], names)
+    problem = _inconsistency(cols.arrays, cols.histogram, cols.exact, meta[META_DTYPE], names,
+                             cols.distribution)
     if problem is not None:
         raise StatsFileError(f"{where}: inconsistent statistics: {problem}")
     try:
         return Stats(
             layout=meta[META_LAYOUT], feature_names=names, dtype=meta[META_DTYPE],
             histogram=cols.histogram, int_sum=_exact_values(cols.exact["int_sum"]),
-            int_sumsq=_exact_values(cols.exact["int_sumsq"]), **cols.arrays,
+            int_sumsq=_exact_values(cols.exact["int_sumsq"]), distribution=cols.distribution,
+            **cols.arrays,
         )
     except StreamnormError as exc:
         raise StatsFileError(f"{where}: {exc}") from None

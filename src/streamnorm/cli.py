@@ -55,6 +55,9 @@ URLs of one kind:
                channels need: pip install 'streamnorm[tiff]'); ImageFolder class
                folders are fine; a folder mixing 8- and 16-bit images is an error
   .npy         memory-mapped; --layout says what it holds (default N or NF)
+  Zarr, HDF5   Zarr stores (v2, v3; *.zarr folders or URLs) and .h5/.hdf5 files:
+               --array NAME picks the array or dataset, --layout its axes
+               (pip install 'streamnorm[zarr]' / 'streamnorm[hdf5]')
 
 examples:
   streamnorm compute train.parquet --store stats/ --split train
@@ -157,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Parquet columns to use (default: every numeric column)")
     c.add_argument("--image-column", metavar="COL",
                    help="Parquet column of encoded images (PNG, JPEG...)")
+    c.add_argument("--array", metavar="NAME",
+                   help="array (Zarr) or dataset (HDF5) to read, by its path, e.g. group/x")
     c.add_argument("--image-mode", choices=("RGB", "L", "all"), default="RGB",
                    help="decode images as RGB (default), L (one luma channel) or all "
                         "(every channel as stored, e.g. multispectral TIFF)")
@@ -345,6 +350,11 @@ def _report_ignored(source: Any) -> None:
             f"{', '.join(cols[:5])}{' ...' if len(cols) > 5 else ''} (choose columns with "
             f"--columns, or --image-column for encoded images)\n"
         )
+    if getattr(source, "nodata", None) is not None:
+        sys.stderr.write(
+            f"{PROG}: note: the array declares missing data {source.nodata!r} "
+            f"({source.nodata_attribute}); it was counted as data (not masked)\n"
+        )
     if source.ignored_files:
         files = source.ignored_files
         sys.stderr.write(
@@ -384,7 +394,7 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     _check_writable(args.store, so)
     run = engine.compute(
         args.sources, layout=args.layout, columns=columns, image_column=args.image_column,
-        image_mode=args.image_mode, storage_options=so, histogram=args.histogram,
+        image_mode=args.image_mode, array=args.array, storage_options=so, histogram=args.histogram,
         nan_policy=args.nan_policy, skip_bad=args.skip_bad, engine=args.engine,
         workers=args.workers, scheduler=args.scheduler, checkpoint=args.checkpoint,
         checkpoint_storage_options=so, progress=_progress(args),

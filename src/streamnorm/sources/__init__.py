@@ -96,6 +96,7 @@ from ._decode import (
     decode_image,
     mixed_bit_depths,
 )
+from .arrays import HDF5_EXTRA, ZARR_EXTRA
 from .base import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_IMAGES_PER_SHARD,
@@ -143,6 +144,7 @@ __all__ = [
     "NPY_SUFFIXES",
     "PARQUET_SUFFIXES",
     "BadRecordError",
+    "HDF5_EXTRA",
     "FileInfo",
     "Format",
     "OpenRequest",
@@ -152,6 +154,7 @@ __all__ = [
     "Source",
     "SourceError",
     "TIFF_EXTRA",
+    "ZARR_EXTRA",
     "_arrow_to_numpy",
     "_luma16",
     "combine_parts",

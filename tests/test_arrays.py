@@ -284,18 +284,24 @@ def _corrupt_first_chunk(store: Path) -> None:
     chunk.write_bytes(b"garbage, not a compressed chunk")
 
 
-def test_an_unreadable_chunk_names_file_array_and_rows_and_is_skipped_on_request(tmp_path):
+def test_an_unreadable_chunk_names_file_array_and_rows_and_is_skipped_on_request(tmp_path, capsys):
     data = np.arange(40, dtype=np.int64).reshape(20, 2)
     write_zarr(tmp_path / "a.zarr", {"x": data}, 5, version=2)
     _corrupt_first_chunk(tmp_path / "a.zarr")
     with pytest.raises(SourceError, match=r"a\.zarr array 'x' \(rows 0-4\): cannot read .*--skip-bad"):
         engine.compute([tmp_path / "a.zarr"], batch_bytes=80)
-    run = engine.compute([tmp_path / "a.zarr"], batch_bytes=80, skip_bad=True)
-    assert [w for w, _ in run.skipped] == [f"{tmp_path}/a.zarr array 'x' (rows 0-4)"]
-    assert run.stats.equals(sn.compute_stats([data[5:]], layout="NF"))
+    for batch_bytes in (80, 2**20):  # one chunk per block, or all: only the bad chunk is skipped
+        run = engine.compute([tmp_path / "a.zarr"], batch_bytes=batch_bytes, skip_bad=True)
+        assert [w for w, _ in run.skipped] == [f"{tmp_path}/a.zarr array 'x' (rows 0-4)"]
+        assert run.stats.equals(sn.compute_stats([data[5:]], layout="NF"))
     code = main(["compute", str(tmp_path / "a.zarr"), "--store", str(tmp_path / "s"), "--split", "x",
                  "--no-progress"])
     assert code == 1
+    capsys.readouterr()
+    code = main(["compute", str(tmp_path / "a.zarr"), "--store", str(tmp_path / "s"), "--split", "x",
+                 "--no-progress", "--skip-bad"])
+    err = capsys.readouterr().err
+    assert code == 0 and "skipped 1 unreadable block: " in err and "a.zarr array 'x' (rows 0-" in err
 
 
 @pytest.mark.parametrize("module, extra, path", [("zarr", "zarr", "a.zarr"), ("h5py", "hdf5", "a.h5")])

@@ -404,7 +404,8 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     if run.skipped:
         shown = "; ".join(f"{w} ({r})" for w, r in run.skipped[:3])
         more = f"; and {len(run.skipped) - 3} more" if len(run.skipped) > 3 else ""
-        sys.stderr.write(f"{PROG}: skipped {_count(len(run.skipped), 'undecodable image')}: "
+        noun = "undecodable image" if run.source.unit == "images" else "unreadable block"
+        sys.stderr.write(f"{PROG}: skipped {_count(len(run.skipped), noun)}: "
                          f"{shown}{more}\n")
     _report_ignored(run.source)
     rate = run.nbytes / run.seconds if run.seconds > 0 else 0.0

@@ -207,21 +207,34 @@ class ArrayFormat(Format):
         info, name = shard.files[0], shard.options.array or ""
         with self.open_array(info, name, shard.storage_options) as array:
             row_bytes = _row_bytes(tuple(array.shape), np.dtype(array.dtype))
+            chunk = _row_chunk(array)
             whole = parse_layout(shard.options.layout).feature_axis == 0
             step = shard.stop - shard.start if whole else _whole_chunks(
-                shard.options.batch_bytes // row_bytes, _row_chunk(array))
+                shard.options.batch_bytes // row_bytes, chunk)
             for lo in range(shard.start, shard.stop, max(step, 1)):
                 hi = min(lo + step, shard.stop)
                 try:
                     block = np.asarray(array[lo:hi])
                 except Exception as exc:  # codecs and stores raise anything; name the rows
-                    where = f"{self._where(info.url, name)} ({self.span(lo, hi)})"
                     if not skip_bad:
-                        raise SourceError(f"{where}: cannot read ({one_line(exc)}); pass --skip-bad "
-                                          f"to skip unreadable blocks") from exc
-                    skipped.append((where, one_line(exc)))
+                        raise SourceError(f"{self._where(info.url, name)} ({self.span(lo, hi)}): cannot "
+                                          f"read ({one_line(exc)}); pass --skip-bad to skip unreadable "
+                                          f"chunks") from exc
+                    # Skip only the chunks that fail, not the whole block.
+                    yield from self._chunk_by_chunk(array, info.url, name, lo, hi, chunk or 1, skipped)
                     continue
                 yield block
+
+    def _chunk_by_chunk(self, array: Any, url: str, name: str, lo: int, hi: int, chunk: int,
+                        skipped: list[tuple[str, str]]) -> Iterator[np.ndarray]:
+        for start in range(lo, hi, chunk):
+            stop = min(start + chunk, hi)
+            try:
+                block = np.asarray(array[start:stop])
+            except Exception as exc:  # as above: any codec error is this chunk's
+                skipped.append((f"{self._where(url, name)} ({self.span(start, stop)})", one_line(exc)))
+                continue
+            yield block
 
     def batches(self, shard: Shard, skip_bad: bool) -> Iterator[np.ndarray]:
         yield from self._blocks(shard, skip_bad, [])

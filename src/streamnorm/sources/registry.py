@@ -288,7 +288,8 @@ def open_source(
     ----------
     paths : str or sequence of str
         Files, folders (searched recursively), globs or fsspec URLs, all of
-        one kind: Parquet, images (PNG, JPEG, BMP, GIF, WebP, TIFF) or ``.npy``.
+        one kind: Parquet, images (PNG, JPEG, BMP, GIF, WebP, TIFF), ``.npy``,
+        Zarr stores or HDF5 files.
     layout : str, optional
         What the data holds. Parquet numeric columns are always ``"NF"``;
         images ``"NHWC"``; ``.npy`` defaults to ``"N"`` (1-D) / ``"NF"`` (2-D)

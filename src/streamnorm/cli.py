@@ -55,6 +55,9 @@ URLs of one kind:
                channels need: pip install 'streamnorm[tiff]'); ImageFolder class
                folders are fine; a folder mixing 8- and 16-bit images is an error
   .npy         memory-mapped; --layout says what it holds (default N or NF)
+  Zarr, HDF5   Zarr stores (v2, v3; *.zarr folders or URLs) and .h5/.hdf5 files:
+               --array NAME picks the array or dataset, --layout its axes
+               (pip install 'streamnorm[zarr]' / 'streamnorm[hdf5]')
 
 examples:
   streamnorm compute train.parquet --store stats/ --split train
@@ -173,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Parquet columns to use (default: every numeric column)")
     c.add_argument("--image-column", metavar="COL",
                    help="Parquet column of encoded images (PNG, JPEG...)")
+    c.add_argument("--array", metavar="NAME",
+                   help="array (Zarr) or dataset (HDF5) to read, by its path, e.g. group/x")
     c.add_argument("--image-mode", choices=("RGB", "L", "all"), default="RGB",
                    help="decode images as RGB (default), L (one luma channel) or all "
                         "(every channel as stored, e.g. multispectral TIFF)")
@@ -355,7 +360,7 @@ def _check_writable(root: str, storage_options: Any) -> None:
                 pass
 
 
-def _report_ignored(source: Any) -> None:
+def _report_ignored(source: Any, ignore_value: Any = None) -> None:
     """Say on stderr what the sources held that was not read (nothing is left out silently)."""
     from .sources import formats_read
 
@@ -365,6 +370,13 @@ def _report_ignored(source: Any) -> None:
             f"{PROG}: note: left out {_count(len(cols), 'non-numeric column')}: "
             f"{', '.join(cols[:5])}{' ...' if len(cols) > 5 else ''} (choose columns with "
             f"--columns, or --image-column for encoded images)\n"
+        )
+    if getattr(source, "nodata", None) is not None and source.nodata == source.nodata:
+        skipped = ("values equal to it are skipped (counted in masked_count)" if ignore_value is None
+                   else f"--ignore-value {ignore_value} is skipped instead")
+        sys.stderr.write(
+            f"{PROG}: note: the array declares missing data {source.nodata!r} "
+            f"({source.nodata_attribute}); {skipped}\n"
         )
     if source.ignored_files:
         files = source.ignored_files
@@ -405,7 +417,7 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     _check_writable(args.store, so)
     run = engine.compute(
         args.sources, layout=args.layout, columns=columns, image_column=args.image_column,
-        image_mode=args.image_mode, storage_options=so, histogram=args.histogram,
+        image_mode=args.image_mode, array=args.array, storage_options=so, histogram=args.histogram,
         nan_policy=args.nan_policy, skip_bad=args.skip_bad, ignore_value=args.ignore_value,
         engine=args.engine,
         workers=args.workers, scheduler=args.scheduler, checkpoint=args.checkpoint,
@@ -416,9 +428,10 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     if run.skipped:
         shown = "; ".join(f"{w} ({r})" for w, r in run.skipped[:3])
         more = f"; and {len(run.skipped) - 3} more" if len(run.skipped) > 3 else ""
-        sys.stderr.write(f"{PROG}: skipped {_count(len(run.skipped), 'undecodable image')}: "
+        noun = "undecodable image" if run.source.unit == "images" else "unreadable block"
+        sys.stderr.write(f"{PROG}: skipped {_count(len(run.skipped), noun)}: "
                          f"{shown}{more}\n")
-    _report_ignored(run.source)
+    _report_ignored(run.source, args.ignore_value)
     rate = run.nbytes / run.seconds if run.seconds > 0 else 0.0
     resumed = f", {run.resumed} from the checkpoint" if run.resumed else ""
     _out(

@@ -72,6 +72,7 @@ from .sources import (
     open_source,
     shard_digest,
 )
+from .sources.base import json_number
 from .stats import Stats
 
 __all__ = [
@@ -169,6 +170,8 @@ class RunResult:
             "rows": self.rows,
             "bytes": self.nbytes,
             "skipped": len(self.skipped),
+            **({} if self.source.nodata is None else {
+                "nodata": json_number(self.source.nodata), "nodata_attribute": self.source.nodata_attribute}),
         }
 
 
@@ -732,6 +735,7 @@ def compute(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    array: str | None = None,
 ) -> RunResult:
     """Statistics of Parquet files, image files or ``.npy`` arrays, in one pass.
 
@@ -741,7 +745,7 @@ def compute(
         Files, folders, globs or fsspec URLs (see :func:`~streamnorm.sources.open_source`),
         or a source opened already.
     layout, columns, image_column, image_mode, storage_options, shard_bytes,
-    images_per_shard, batch_bytes
+    images_per_shard, batch_bytes, array
         Passed to :func:`~streamnorm.sources.open_source`.
     histogram : bool
         Exact 256-bin histograms (8-bit data: images, uint8/int8 columns).
@@ -793,9 +797,12 @@ def compute(
         source = open_source(
             paths, layout=layout, columns=columns, image_column=image_column,
             image_mode=image_mode, storage_options=storage_options, shard_bytes=shard_bytes,
-            images_per_shard=images_per_shard, batch_bytes=batch_bytes,
+            images_per_shard=images_per_shard, batch_bytes=batch_bytes, array=array,
         )
     kwargs = {"histogram": bool(histogram), "nan_policy": nan_policy, "skip_bad": bool(skip_bad)}
+    if ignore_value is None and source.nodata is not None and source.nodata == source.nodata:
+        # the array's declared missing data (ignore_value= overrides; a NaN one follows nan_policy)
+        ignore_value = source.nodata
     if ignore_value is not None:  # (absent otherwise: checkpoints of earlier runs still resume)
         kwargs["ignore_value"] = check_ignore_value(ignore_value)
     results: dict[str, ShardResult] = {}

@@ -50,6 +50,17 @@ Images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``,
     holds (default ``"N"`` for 1-D, ``"NF"`` for 2-D arrays). Shards are row
     ranges along the first axis. Remote ``.npy`` files are read by range
     requests instead.
+Zarr stores (v2, v3) and HDF5 files (``.h5``, ``.hdf5``)
+    A Zarr store is a folder (or URL) holding ``.zarray``, ``.zgroup`` or
+    ``zarr.json``; inside the folders given, folders named ``*.zarr`` are
+    stores. Read through zarr and h5py (the extras ``zarr`` and ``hdf5``;
+    :mod:`~streamnorm.sources.arrays`). ``array=`` names the array or dataset
+    by its path inside (needed when there are several numeric ones),
+    ``layout=`` its axes (default ``"N"``/``"NF"``, as ``.npy``). Shards are
+    runs of whole chunks along the first axis; integer arrays take the exact
+    path. A missing-data value declared by a ``_FillValue``, ``nodata`` or
+    ``missing_value`` attribute is recorded in :attr:`Source.nodata` (zarr's
+    ``fill_value`` is not: unwritten chunks read as it, usually a real 0).
 
 How the package is cut
 ----------------------
@@ -59,7 +70,8 @@ How the package is cut
     format-agnostic values :class:`Shard`, :class:`ShardResult`, :class:`Source`.
 :mod:`~streamnorm.sources.registry`
     Which format a file is (suffix, or magic bytes) and :func:`open_source`.
-:mod:`~streamnorm.sources.parquet`, :mod:`~streamnorm.sources.images`, :mod:`~streamnorm.sources.npy`
+:mod:`~streamnorm.sources.parquet`, :mod:`~streamnorm.sources.images`, :mod:`~streamnorm.sources.npy`,
+:mod:`~streamnorm.sources.arrays`
     The formats. :mod:`~streamnorm.sources._decode` decodes images for image
     files and Parquet image columns alike, TIFFs through
     :mod:`~streamnorm.sources.tiff`.
@@ -96,6 +108,7 @@ from ._decode import (
     decode_image,
     mixed_bit_depths,
 )
+from .arrays import HDF5_EXTRA, ZARR_EXTRA
 from .base import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_IMAGES_PER_SHARD,
@@ -143,6 +156,7 @@ __all__ = [
     "NPY_SUFFIXES",
     "PARQUET_SUFFIXES",
     "BadRecordError",
+    "HDF5_EXTRA",
     "FileInfo",
     "Format",
     "OpenRequest",
@@ -152,6 +166,7 @@ __all__ = [
     "Source",
     "SourceError",
     "TIFF_EXTRA",
+    "ZARR_EXTRA",
     "_arrow_to_numpy",
     "_luma16",
     "combine_parts",

@@ -100,6 +100,11 @@ def add_nan(stats: Stats, extra: Sequence[int]) -> Stats:
     return replace(stats, nan_count=stats.nan_count + np.asarray(extra, dtype=np.int64))
 
 
+def json_number(value: float) -> float | str:
+    """A float as JSON holds it: NaN and infinities as strings."""
+    return value if np.isfinite(value) else str(value)
+
+
 def shard_digest(shard_id: str) -> str:
     """``sha1`` hex digest of a shard id (checkpoint split names)."""
     return hashlib.sha1(shard_id.encode("utf-8")).hexdigest()
@@ -137,9 +142,12 @@ class ReadOptions:
     image_mode: str = "RGB"
     batch_bytes: int = DEFAULT_BATCH_BYTES
     feature_names: tuple[str, ...] | None = None
+    #: The array or dataset read inside a Zarr store or HDF5 file (``--array``).
+    array: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        extra = {} if self.array is None else {"array": self.array}
+        return {**extra,
             "layout": self.layout,
             "columns": list(self.columns),
             "tensor_shape": list(self.tensor_shape),
@@ -162,6 +170,7 @@ class OpenRequest:
     shard_bytes: int = DEFAULT_SHARD_BYTES
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD
     batch_bytes: int = DEFAULT_BATCH_BYTES
+    array: str | None = None
 
 
 def reject_table_options(kind: str, files: Sequence[FileInfo], request: OpenRequest) -> None:
@@ -298,6 +307,13 @@ class Format:
     plural: ClassVar[str] = ""
 
     # -- recognizing -------------------------------------------------------
+    #: Folder name endings of stores that are one input (``".zarr"``), never walked into.
+    folder_suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def claims_folder(self, fs: Any, path: str) -> bool:
+        """Whether the folder ``path`` is one input of this format (a Zarr store)."""
+        return False
+
     def sniff(self, head: bytes) -> bool:
         """Whether a file starting with ``head`` (12 bytes) is of this format."""
         return head.startswith(self.magic) if self.magic else False
@@ -478,6 +494,10 @@ class Source:
     ignored_files: tuple[str, ...] = ()
     #: Parquet columns left out because they are not numeric: ``"name (type)"``.
     ignored_columns: tuple[str, ...] = ()
+    #: A declared missing-data value (``_FillValue``, ``nodata``, ``missing_value``) and the
+    #: attribute that declares it, or ``None``.
+    nodata: float | None = None
+    nodata_attribute: str | None = None
 
     @property
     def format(self) -> Format:
@@ -508,4 +528,6 @@ class Source:
             "feature_names": None if self.feature_names is None else list(self.feature_names),
             "options": self.options.as_dict(),
             "shards": [s.describe() for s in self.shards],
+            **({} if self.nodata is None else {"nodata": json_number(self.nodata),
+                                               "nodata_attribute": self.nodata_attribute}),
         }

@@ -17,6 +17,7 @@ from typing import Any
 from ..errors import StreamnormError
 from ..layout import parse_layout
 from ._decode import check_image_mode
+from .arrays import Hdf5Format, ZarrFormat
 from .base import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_IMAGES_PER_SHARD,
@@ -57,7 +58,7 @@ def unregister(kind: str) -> None:
     _FORMATS.pop(kind, None)
 
 
-for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat()):
+for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat(), ZarrFormat(), Hdf5Format()):
     register(_fmt)
 
 
@@ -187,12 +188,18 @@ def _candidates(fs: Any, path: str, raw: str,
             raise SourceError(f"{raw}: no file matches this pattern")
         candidates = []
         for p, info in sorted(found.items()):
-            if info.get("type") == "directory":
+            claimed = _folder_kind(fs, p) if info.get("type") == "directory" else None
+            if claimed is not None:
+                candidates.append((p, info, claimed))
+            elif info.get("type") == "directory":
                 candidates.extend(_walk(fs, p, ignored))
             else:
                 candidates.append((p, info, kind_of_name(p)))
         return candidates
     if fs.isdir(path):
+        claimed = _folder_kind(fs, path)
+        if claimed is not None:
+            return [(path, fs.info(path), claimed)]
         candidates = _walk(fs, path, ignored)
         if not candidates:
             nouns = _either([f.folder_noun for f in _FORMATS.values()])
@@ -211,8 +218,14 @@ def _walk(fs: Any, root: str, ignored: list[str]) -> list[tuple[str, dict[str, A
     found = fs.find(root, detail=True)
     result = []
     base = root.rstrip("/")
+    stores: dict[str, str | None] = {}
     for p, info in sorted(found.items()):
         rel = p.removeprefix(base)
+        store = _store_root(fs, base, rel, stores)
+        if store is not None:
+            if store[0] not in {r[0] for r in result}:
+                result.append((store[0], fs.info(store[0]), store[1]))
+            continue
         if _hidden(rel):
             continue
         kind = kind_of_name(p)
@@ -221,6 +234,32 @@ def _walk(fs: Any, root: str, ignored: list[str]) -> list[tuple[str, dict[str, A
             continue
         result.append((p, info, kind))
     return result
+
+
+def _folder_kind(fs: Any, path: str) -> str | None:
+    """The kind of format that claims the folder ``path`` as one input (a Zarr store), or ``None``."""
+    for fmt in _FORMATS.values():
+        if fmt.claims_folder(fs, path):
+            return fmt.kind
+    return None
+
+
+def _store_root(fs: Any, base: str, rel: str,
+                seen: dict[str, str | None]) -> tuple[str, str] | None:
+    """``(store folder, kind)`` when ``base + rel`` lies inside a store named by its suffix.
+
+    ``seen`` remembers the folders already asked about (a store has many files).
+    """
+    parts = rel.strip("/").split("/")[:-1]
+    for i, part in enumerate(parts):
+        for fmt in _FORMATS.values():
+            if fmt.folder_suffixes and part.lower().endswith(fmt.folder_suffixes):
+                root = "/".join([base, *parts[: i + 1]])
+                if root not in seen:
+                    seen[root] = fmt.kind if fmt.claims_folder(fs, root) else None
+                if seen[root] is not None:
+                    return root, seen[root]
+    return None
 
 
 def _ignored_text(paths: Sequence[str], shown: int = 3) -> str:
@@ -241,6 +280,7 @@ def open_source(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    array: str | None = None,
 ) -> Source:
     """Resolve paths into a :class:`~streamnorm.sources.Source` of shards.
 
@@ -248,7 +288,8 @@ def open_source(
     ----------
     paths : str or sequence of str
         Files, folders (searched recursively), globs or fsspec URLs, all of
-        one kind: Parquet, images (PNG, JPEG, BMP, GIF, WebP, TIFF) or ``.npy``.
+        one kind: Parquet, images (PNG, JPEG, BMP, GIF, WebP, TIFF), ``.npy``,
+        Zarr stores or HDF5 files.
     layout : str, optional
         What the data holds. Parquet numeric columns are always ``"NF"``;
         images ``"NHWC"``; ``.npy`` defaults to ``"N"`` (1-D) / ``"NF"`` (2-D)
@@ -272,6 +313,9 @@ def open_source(
         read whole (pyarrow's fastest path), larger ones in record batches of
         about this size; ``.npy`` files in chunks of this size. Bounds the
         memory of one reader (about twice this per worker).
+    array : str, optional
+        The array (Zarr) or dataset (HDF5) to read, by its path inside the
+        store or file; needed when it holds several.
 
     Raises
     ------
@@ -295,7 +339,7 @@ def open_source(
     request = OpenRequest(layout=layout, columns=None if columns is None else tuple(columns),
                           image_column=image_column, image_mode=image_mode, storage_options=so,
                           shard_bytes=shard_bytes, images_per_shard=images_per_shard,
-                          batch_bytes=batch_bytes)
+                          batch_bytes=batch_bytes, array=array)
     source = get_format(kind).open([f for _, f in files], request)
     return replace(source, ignored_files=tuple(ignored))
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels as K
+from ._sparse import is_sparse, update_sparse
 from .batch import Key, pick
 from .errors import DTypeError, IncompatibleStatsError, LayoutError, NonFiniteError, StreamnormError
 from .layout import as_reduction_view, parse_layout
@@ -372,6 +373,8 @@ class StatsAccumulator:
         dtype nor the feature count; when no batch holds data, :meth:`result`
         reports count 0 for the empty batches' features.
         """
+        if is_sparse(batch):  # stored values reduced, implicit zeros counted: never densified
+            return update_sparse(self, batch)
         index = self._n_batches
         arr, name = _as_array(batch, index)
         source_dtype = arr.dtype

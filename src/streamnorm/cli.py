@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Parquet columns to use (default: every numeric column)")
     c.add_argument("--image-column", metavar="COL",
                    help="Parquet column of encoded images (PNG, JPEG...)")
+    c.add_argument("--array", metavar="NAME",
+                   help="the matrix of a file that holds several: X (default) or layers/NAME (.h5ad)")
     c.add_argument("--image-mode", choices=("RGB", "L", "all"), default="RGB",
                    help="decode images as RGB (default), L (one luma channel) or all "
                         "(every channel as stored, e.g. multispectral TIFF)")
@@ -384,7 +386,7 @@ def _cmd_compute(args: argparse.Namespace) -> int:
     _check_writable(args.store, so)
     run = engine.compute(
         args.sources, layout=args.layout, columns=columns, image_column=args.image_column,
-        image_mode=args.image_mode, storage_options=so, histogram=args.histogram,
+        image_mode=args.image_mode, array=args.array, storage_options=so, histogram=args.histogram,
         nan_policy=args.nan_policy, skip_bad=args.skip_bad, engine=args.engine,
         workers=args.workers, scheduler=args.scheduler, checkpoint=args.checkpoint,
         checkpoint_storage_options=so, progress=_progress(args),

@@ -137,9 +137,13 @@ class ReadOptions:
     image_mode: str = "RGB"
     batch_bytes: int = DEFAULT_BATCH_BYTES
     feature_names: tuple[str, ...] | None = None
+    #: The array (matrix, dataset) of a file of many, e.g. ``"X"`` or ``"layers/counts"`` in an .h5ad.
+    array: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        named = {} if self.array is None else {"array": self.array}  # older descriptions stay as they were
         return {
+            **named,
             "layout": self.layout,
             "columns": list(self.columns),
             "tensor_shape": list(self.tensor_shape),
@@ -162,6 +166,7 @@ class OpenRequest:
     shard_bytes: int = DEFAULT_SHARD_BYTES
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD
     batch_bytes: int = DEFAULT_BATCH_BYTES
+    array: str | None = None
 
 
 def reject_table_options(kind: str, files: Sequence[FileInfo], request: OpenRequest) -> None:
@@ -296,6 +301,8 @@ class Format:
     noun: ClassVar[str] = ""
     folder_noun: ClassVar[str] = ""
     plural: ClassVar[str] = ""
+    #: Whether a file holds several arrays, one of which ``array=`` (``--array``) picks.
+    takes_array: ClassVar[bool] = False
 
     # -- recognizing -------------------------------------------------------
     def sniff(self, head: bytes) -> bool:

@@ -30,6 +30,7 @@ from .base import (
     fs_of,
     one_line,
 )
+from .h5ad import H5adFormat
 from .images import ImageFormat
 from .npy import NpyFormat
 from .parquet import ParquetFormat
@@ -57,7 +58,7 @@ def unregister(kind: str) -> None:
     _FORMATS.pop(kind, None)
 
 
-for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat()):
+for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat(), H5adFormat()):
     register(_fmt)
 
 
@@ -241,6 +242,7 @@ def open_source(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    array: str | None = None,
 ) -> Source:
     """Resolve paths into a :class:`~streamnorm.sources.Source` of shards.
 
@@ -272,6 +274,9 @@ def open_source(
         read whole (pyarrow's fastest path), larger ones in record batches of
         about this size; ``.npy`` files in chunks of this size. Bounds the
         memory of one reader (about twice this per worker).
+    array : str, optional
+        The matrix of a file that holds several: ``"X"`` (default) or
+        ``"layers/NAME"`` of an AnnData ``.h5ad``.
 
     Raises
     ------
@@ -295,7 +300,9 @@ def open_source(
     request = OpenRequest(layout=layout, columns=None if columns is None else tuple(columns),
                           image_column=image_column, image_mode=image_mode, storage_options=so,
                           shard_bytes=shard_bytes, images_per_shard=images_per_shard,
-                          batch_bytes=batch_bytes)
+                          batch_bytes=batch_bytes, array=array)
+    if array is not None and not get_format(kind).takes_array:
+        raise SourceError(f"--array names a matrix inside a file, but {kind} files hold only one")
     source = get_format(kind).open([f for _, f in files], request)
     return replace(source, ignored_files=tuple(ignored))
 

@@ -74,12 +74,12 @@ def coordinates(batch: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
         batch.sum_duplicates()
     rows, n_cols = (int(s) for s in batch.shape)
     if fmt == "csr":
-        return batch.data, batch.indices.astype(np.int64, copy=False), rows, n_cols
+        return batch.data, batch.indices, rows, n_cols  # the kernels read int32 indices as they are
     if fmt == "csc":
         cols = np.repeat(np.arange(n_cols, dtype=np.int64), np.diff(batch.indptr))
         return batch.data, cols, rows, n_cols
     col = batch.coords[1] if hasattr(batch, "coords") else batch.col
-    return batch.data, np.asarray(col, dtype=np.int64), rows, n_cols
+    return batch.data, np.asarray(col), rows, n_cols
 
 
 @_jit
@@ -108,6 +108,17 @@ def _hist(values, cols, offset, hist, nnz):  # pragma: no cover - numba
         c = cols[k]
         hist[c, values[k] - offset] += 1
         nnz[c] += 1
+
+
+@_jit
+def _first_finite(values, cols, first, has):  # pragma: no cover - numba
+    """Each column's first finite stored value (in storage order)."""
+    for k in range(values.shape[0]):
+        x = values[k]
+        c = cols[k]
+        if has[c] == 0 and np.isfinite(x):
+            first[c] = x
+            has[c] = 1
 
 
 @_jit
@@ -171,7 +182,9 @@ def update_sparse(acc: StatsAccumulator, batch: Any) -> StatsAccumulator:
     elif acc.histogram:
         offset = A._bin_offset(acc._promoted(source))
         nnz = np.zeros(n_feat, np.int64)
-        _hist(values.astype(np.int64), cols, offset, a["hist"], nnz)
+        for start in range(0, values.shape[0], INT_CHUNK):  # int64 copies of one chunk at a time
+            stop = start + INT_CHUNK
+            _hist(values[start:stop].astype(np.int64), cols[start:stop], offset, a["hist"], nnz)
         a["hist"][:, -offset] += rows - nnz
         a["count"][:] = rows
     else:
@@ -187,11 +200,10 @@ def _fill_int(a: dict[str, np.ndarray], values: np.ndarray, cols: np.ndarray, ro
     nnz = np.zeros(n_feat, np.int64)
     lo = np.full(n_feat, np.iinfo(np.int64).max)
     hi = np.full(n_feat, np.iinfo(np.int64).min)
-    values = values.astype(np.int64)
     for start in range(0, values.shape[0], INT_CHUNK):
         s, qh, qm, ql = (np.zeros(n_feat, np.int64) for _ in range(4))
         stop = start + INT_CHUNK
-        _int_sums(values[start:stop], cols[start:stop], n_feat, s, qh, qm, ql, nnz, lo, hi)
+        _int_sums(values[start:stop].astype(np.int64), cols[start:stop], n_feat, s, qh, qm, ql, nnz, lo, hi)
         a["int_sum"] += s.astype(object)
         a["int_sumsq"] += (qh.astype(object) << 32) + (qm.astype(object) << 17) + ql.astype(object)
     zeros = nnz < rows
@@ -205,7 +217,8 @@ def _fill_float(acc: StatsAccumulator, a: dict[str, np.ndarray], values: np.ndar
     """Two passes about each feature's shift; the implicit zeros enter each as one product."""
     from . import accumulate as A
 
-    values = np.asarray(values, dtype=np.float64)
+    if values.dtype != np.float32:  # float32 is read as it is (each value widened in the kernel)
+        values = np.asarray(values, dtype=np.float64)
     policy = A.NAN_POLICIES[acc.nan_policy]
     nnz, count, nan, has_nan = (np.zeros(n_feat, np.int64) for _ in range(4))
     total = np.zeros(n_feat)
@@ -215,10 +228,9 @@ def _fill_float(acc: StatsAccumulator, a: dict[str, np.ndarray], values: np.ndar
     # when the column holds zeros, else its first finite stored value (offset data keeps its digits).
     b = acc._arrays
     own = b["has_shift"].astype(bool) if acc._kind == A.FLOAT_KIND else np.zeros(n_feat, bool)
-    first = np.full(n_feat, np.nan)
-    finite = np.isfinite(values)
-    first[cols[finite][::-1]] = values[finite][::-1]  # fancy assignment: the last write wins
-    shift = np.where((zeros > 0) | np.isnan(first), 0.0, first)
+    first, has_first = np.zeros(n_feat), np.zeros(n_feat, np.uint8)
+    _first_finite(values, cols, first, has_first)
+    shift = np.where((zeros > 0) | (has_first == 0), 0.0, first)
     if own.any():
         shift = np.where(own, b["shift"], shift)
     bad = _float_pass1(values, cols, shift, policy, nnz, count, nan, total, lo, hi, has_nan)

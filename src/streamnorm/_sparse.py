@@ -111,11 +111,12 @@ def _hist(values, cols, offset, hist, nnz):  # pragma: no cover - numba
 
 
 @_jit
-def _first_finite(values, cols, first, has):  # pragma: no cover - numba
-    """Each column's first finite stored value (in storage order)."""
+def _first_finite(values, cols, first, has, stored):  # pragma: no cover - numba
+    """Each column's first finite stored value (in storage order) and its stored values."""
     for k in range(values.shape[0]):
         x = values[k]
         c = cols[k]
+        stored[c] += 1
         if has[c] == 0 and np.isfinite(x):
             first[c] = x
             has[c] = 1
@@ -223,13 +224,14 @@ def _fill_float(acc: StatsAccumulator, a: dict[str, np.ndarray], values: np.ndar
     nnz, count, nan, has_nan = (np.zeros(n_feat, np.int64) for _ in range(4))
     total = np.zeros(n_feat)
     lo, hi = np.full(n_feat, np.inf), np.full(n_feat, -np.inf)
-    zeros = rows - np.bincount(cols, minlength=n_feat)
     # The shift: the accumulator's own where it has one (no re-basing at the merge), else 0
     # when the column holds zeros, else its first finite stored value (offset data keeps its digits).
     b = acc._arrays
     own = b["has_shift"].astype(bool) if acc._kind == A.FLOAT_KIND else np.zeros(n_feat, bool)
     first, has_first = np.zeros(n_feat), np.zeros(n_feat, np.uint8)
-    _first_finite(values, cols, first, has_first)
+    stored = np.zeros(n_feat, np.int64)
+    _first_finite(values, cols, first, has_first, stored)
+    zeros = rows - stored
     shift = np.where((zeros > 0) | (has_first == 0), 0.0, first)
     if own.any():
         shift = np.where(own, b["shift"], shift)

@@ -50,6 +50,11 @@ Images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``,
     holds (default ``"N"`` for 1-D, ``"NF"`` for 2-D arrays). Shards are row
     ranges along the first axis. Remote ``.npy`` files are read by range
     requests instead.
+AnnData ``.h5ad``
+    ``X`` (or ``array="layers/NAME"``), dense or sparse CSR/CSC as anndata
+    writes it, per gene (layout ``NF``, features named after ``var_names``),
+    read through h5py in blocks of about ``batch_bytes`` and never densified
+    (:mod:`~streamnorm.sources.h5ad`; the extra ``anndata``).
 
 How the package is cut
 ----------------------

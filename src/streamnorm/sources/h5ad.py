@@ -222,19 +222,24 @@ class H5adFormat(Format):
         from ..accumulate import StatsAccumulator
 
         names = shard.options.feature_names
+        # the next block is read while this one is reduced (the kernels release the GIL):
+        # two blocks of half the budget are in memory at once
+        half = max(1, shard.options.batch_bytes // 2)
         with _opened(shard.files[0].url, shard.storage_options) as handle:
             matrix = describe_matrix(handle, shard.files[0].url, shard.options.array)
             if matrix.encoding == CSC:
                 names = names or tuple(str(i) for i in range(matrix.shape[1]))
                 parts = []
-                for c0, c1, block in self._guarded(shard, handle, lambda node, m: _column_blocks(node, m, shard)):
+                blocks = self._guarded(shard, handle, lambda node, m: _column_blocks(node, m, shard, half))
+                for c0, c1, block in _prefetched(blocks):
                     acc = StatsAccumulator("NF", names[c0:c1], histogram, nan_policy)
                     parts.append(acc.update(block).result())
                 stats = concat_features(parts, "NF")
                 return ShardResult(shard.id, (stats,), shard.stop - shard.start, shard.nbytes)
             acc = StatsAccumulator("NF", names, histogram, nan_policy)
             rows = 0
-            for block in self._guarded(shard, handle, lambda node, m: _row_blocks(node, m, shard)):
+            blocks = self._guarded(shard, handle, lambda node, m: _row_blocks(node, m, shard, half))
+            for block in _prefetched(blocks):
                 acc.update(block)
                 rows += block.shape[0]
         if acc.n_features is None:
@@ -285,12 +290,30 @@ def _spans(indptr: np.ndarray, start: int, stop: int, max_entries: int) -> list[
     return spans
 
 
-def _row_blocks(node: Any, matrix: Matrix, shard: Shard) -> Iterator[Any]:
-    """The shard's rows in blocks of about ``batch_bytes`` (stored bytes for sparse matrices)."""
+_END = object()
+
+
+def _prefetched(blocks: Iterator[Any]) -> Iterator[Any]:
+    """``blocks``, each read on one helper thread while the caller works on the one before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="streamnorm-h5ad") as pool:
+        pending = pool.submit(next, blocks, _END)
+        while True:
+            block = pending.result()
+            if block is _END:
+                return
+            pending = pool.submit(next, blocks, _END)
+            yield block
+
+
+def _row_blocks(node: Any, matrix: Matrix, shard: Shard, budget: int | None = None) -> Iterator[Any]:
+    """The shard's rows in blocks of about ``budget`` (default ``batch_bytes``) bytes
+    (stored bytes for sparse matrices)."""
     import scipy.sparse as sp
 
     rows, cols = matrix.shape
-    budget = shard.options.batch_bytes
+    budget = budget or shard.options.batch_bytes
     if matrix.encoding == DENSE:
         step = max(1, budget // max(cols * matrix.dtype.itemsize, 1))
         for lo in range(shard.start, shard.stop, step):
@@ -318,13 +341,16 @@ def _row_blocks(node: Any, matrix: Matrix, shard: Shard) -> Iterator[Any]:
         yield sp.csr_matrix((data, (r, c)), shape=(hi - lo, cols))
 
 
-def _column_blocks(node: Any, matrix: Matrix, shard: Shard) -> Iterator[tuple[int, int, Any]]:
-    """``(first, stop, csc block)`` of whole columns, about ``batch_bytes`` stored bytes each."""
+def _column_blocks(node: Any, matrix: Matrix, shard: Shard,
+                   budget: int | None = None) -> Iterator[tuple[int, int, Any]]:
+    """``(first, stop, csc block)`` of whole columns, about ``budget`` (default ``batch_bytes``)
+    stored bytes each."""
     import scipy.sparse as sp
 
     rows, cols = matrix.shape
     indptr = node["indptr"][()].astype(np.int64)
-    for c0, c1 in _spans(indptr, 0, cols, max(1, shard.options.batch_bytes // matrix.entry_bytes)):
+    budget = budget or shard.options.batch_bytes
+    for c0, c1 in _spans(indptr, 0, cols, max(1, budget // matrix.entry_bytes)):
         p0, p1 = int(indptr[c0]), int(indptr[c1])
         yield c0, c1, sp.csc_matrix((node["data"][p0:p1], node["indices"][p0:p1], indptr[c0:c1 + 1] - p0),
                                     shape=(rows, c1 - c0))

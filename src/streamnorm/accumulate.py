@@ -27,6 +27,7 @@ import numpy as np
 from . import _kernels as K
 from . import _masked_kernels as MK
 from . import _masks
+from ._sparse import is_sparse, update_sparse
 from .batch import Key, pick
 from .distribution import (
     DEFAULT_QUANTILE_ERROR,
@@ -479,6 +480,8 @@ class StatsAccumulator:
         dtype nor the feature count; when no batch holds data, :meth:`result`
         reports count 0 for the empty batches' features.
         """
+        if is_sparse(batch):  # stored values reduced, implicit zeros counted: never densified
+            return update_sparse(self, batch, mask)
         index = self._n_batches
         arr, name = _as_array(batch, index)
         keep = _masks.batch_keep(batch, arr, mask, self._ignore_value, index)

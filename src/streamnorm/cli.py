@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--image-column", metavar="COL",
                    help="Parquet column of encoded images (PNG, JPEG...)")
     c.add_argument("--array", metavar="NAME",
-                   help="array (Zarr) or dataset (HDF5) to read, by its path, e.g. group/x")
+                   help="the array or matrix to read in a file or store of many: a Zarr array or HDF5 "
+                        "dataset by its path (group/x), or X (default) / layers/NAME of an .h5ad")
     c.add_argument("--image-mode", choices=("RGB", "L", "all"), default="RGB",
                    help="decode images as RGB (default), L (one luma channel) or all "
                         "(every channel as stored, e.g. multispectral TIFF)")

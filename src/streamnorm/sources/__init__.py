@@ -61,6 +61,11 @@ Zarr stores (v2, v3) and HDF5 files (``.h5``, ``.hdf5``)
     path. A missing-data value declared by a ``_FillValue``, ``nodata`` or
     ``missing_value`` attribute is recorded in :attr:`Source.nodata` (zarr's
     ``fill_value`` is not: unwritten chunks read as it, usually a real 0).
+AnnData ``.h5ad``
+    ``X`` (or ``array="layers/NAME"``), dense or sparse CSR/CSC as anndata
+    writes it, per gene (layout ``NF``, features named after ``var_names``),
+    read through h5py in blocks of about ``batch_bytes`` and never densified
+    (:mod:`~streamnorm.sources.h5ad`; the extra ``anndata``).
 
 How the package is cut
 ----------------------

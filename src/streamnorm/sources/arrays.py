@@ -109,6 +109,7 @@ def declared_nodata(attrs: Mapping[str, Any]) -> tuple[float, str] | None:
 class ArrayFormat(Format):
     """What Zarr and HDF5 share: pick an array, cut its chunk grid into shards, read blocks."""
 
+    takes_array = True
     extra: ClassVar[str] = ""
     library: ClassVar[str] = ""
     container: ClassVar[str] = ""

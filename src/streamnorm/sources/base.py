@@ -305,6 +305,8 @@ class Format:
     noun: ClassVar[str] = ""
     folder_noun: ClassVar[str] = ""
     plural: ClassVar[str] = ""
+    #: Whether a file holds several arrays, one of which ``array=`` (``--array``) picks.
+    takes_array: ClassVar[bool] = False
 
     # -- recognizing -------------------------------------------------------
     #: Folder name endings of stores that are one input (``".zarr"``), never walked into.

@@ -31,6 +31,7 @@ from .base import (
     fs_of,
     one_line,
 )
+from .h5ad import H5adFormat
 from .images import ImageFormat
 from .npy import NpyFormat
 from .parquet import ParquetFormat
@@ -58,7 +59,7 @@ def unregister(kind: str) -> None:
     _FORMATS.pop(kind, None)
 
 
-for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat(), ZarrFormat(), Hdf5Format()):
+for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat(), ZarrFormat(), Hdf5Format(), H5adFormat()):
     register(_fmt)
 
 
@@ -314,8 +315,9 @@ def open_source(
         about this size; ``.npy`` files in chunks of this size. Bounds the
         memory of one reader (about twice this per worker).
     array : str, optional
-        The array (Zarr) or dataset (HDF5) to read, by its path inside the
-        store or file; needed when it holds several.
+        The array or matrix to read in a file or store of many: a Zarr array
+        or HDF5 dataset by its path inside (needed when it holds several), or
+        ``"X"`` (default) / ``"layers/NAME"`` of an AnnData ``.h5ad``.
 
     Raises
     ------
@@ -340,6 +342,8 @@ def open_source(
                           image_column=image_column, image_mode=image_mode, storage_options=so,
                           shard_bytes=shard_bytes, images_per_shard=images_per_shard,
                           batch_bytes=batch_bytes, array=array)
+    if array is not None and not get_format(kind).takes_array:
+        raise SourceError(f"--array names a matrix inside a file, but {kind} files hold only one")
     source = get_format(kind).open([f for _, f in files], request)
     return replace(source, ignored_files=tuple(ignored))
 

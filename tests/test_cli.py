@@ -183,7 +183,7 @@ def test_data_errors_are_one_line_exit_1(capsys, data):
     cases = [
         ([str(tmp / "missing.parquet")], "missing.parquet: no such file or directory"),
         ([str(tmp / "fake.parquet")], "fake.parquet: not a readable Parquet file"),
-        ([str(tmp / "data.csv")], "data.csv: not a Parquet, image (PNG, JPEG, BMP, GIF, WebP, TIFF) or .npy file"),
+        ([str(tmp / "data.csv")], "data.csv: not a Parquet, image (PNG, JPEG, BMP, GIF, WebP, TIFF), .npy"),
         ([str(tmp / "dangling")], "gone.parquet: not a readable Parquet file"),
         ([str(tmp / "strings.parquet")], "strings.parquet: no numeric columns"),
         ([str(bad_images), "--workers", "1"], "corrupt.png: cannot decode image"),

@@ -166,9 +166,9 @@ def test_a_registered_format_is_recognized_by_suffix_and_by_magic(tmp_path, text
 def test_unknown_files_are_refused_naming_every_registered_format(tmp_path, text_format):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"nothing known")
-    with pytest.raises(SourceError, match=r"junk\.bin: not a Parquet, image \(PNG.*\), \.npy "
+    with pytest.raises(SourceError, match=r"junk\.bin: not a Parquet, image \(PNG.*\), \.npy.* "
                                           r"or text \(\.txt\) file; pass Parquet files, image files, "
-                                          r"\.npy arrays or text files"):
+                                          r"\.npy arrays.* or text files"):
         resolve_files([junk])
 
 

@@ -55,6 +55,10 @@ URLs of one kind:
                channels need: pip install 'streamnorm[tiff]'); ImageFolder class
                folders are fine; a folder mixing 8- and 16-bit images is an error
   .npy         memory-mapped; --layout says what it holds (default N or NF)
+  WebDataset   .tar shards (brace ranges like train-{000000..000099}.tar): each
+               sample's image -> NHWC, or its .npy member with --key npy and
+               --layout (a leading N axis over the samples); --key jpg picks
+               one member when a sample has several
 
 examples:
   streamnorm compute train.parquet --store stats/ --split train
@@ -157,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Parquet columns to use (default: every numeric column)")
     c.add_argument("--image-column", metavar="COL",
                    help="Parquet column of encoded images (PNG, JPEG...)")
+    c.add_argument("--key", metavar="EXT",
+                   help="WebDataset: the member of each sample to read, e.g. jpg or npy "
+                        "(default: its one image)")
     c.add_argument("--image-mode", choices=("RGB", "L", "all"), default="RGB",
                    help="decode images as RGB (default), L (one luma channel) or all "
                         "(every channel as stored, e.g. multispectral TIFF)")
@@ -387,7 +394,7 @@ def _cmd_compute(args: argparse.Namespace) -> int:
         image_mode=args.image_mode, storage_options=so, histogram=args.histogram,
         nan_policy=args.nan_policy, skip_bad=args.skip_bad, engine=args.engine,
         workers=args.workers, scheduler=args.scheduler, checkpoint=args.checkpoint,
-        checkpoint_storage_options=so, progress=_progress(args),
+        checkpoint_storage_options=so, progress=_progress(args), key=args.key,
     )
     source = {**run.summary(), "inputs": [str(p) for p in args.sources]}
     path = store.save(run.stats, args.split, overwrite=args.overwrite, source=source)

@@ -137,6 +137,8 @@ class ReadOptions:
     image_mode: str = "RGB"
     batch_bytes: int = DEFAULT_BATCH_BYTES
     feature_names: tuple[str, ...] | None = None
+    #: WebDataset: the member of each sample that is read (``"jpg"``, ``"npy"``; ``None``: its image).
+    key: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -147,6 +149,8 @@ class ReadOptions:
             "image_mode": self.image_mode,
             "batch_bytes": self.batch_bytes,
             "feature_names": None if self.feature_names is None else list(self.feature_names),
+            # only when set: descriptions (and so checkpoints) of other formats stay as they were
+            **({} if self.key is None else {"key": self.key}),
         }
 
 
@@ -162,6 +166,7 @@ class OpenRequest:
     shard_bytes: int = DEFAULT_SHARD_BYTES
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD
     batch_bytes: int = DEFAULT_BATCH_BYTES
+    key: str | None = None
 
 
 def reject_table_options(kind: str, files: Sequence[FileInfo], request: OpenRequest) -> None:

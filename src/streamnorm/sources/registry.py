@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import StreamnormError
 from ..layout import parse_layout
+from ._braces import expand_braces
 from ._decode import check_image_mode
 from .base import (
     DEFAULT_BATCH_BYTES,
@@ -33,6 +34,7 @@ from .base import (
 from .images import ImageFormat
 from .npy import NpyFormat
 from .parquet import ParquetFormat
+from .webdataset import WebDatasetFormat
 
 _FORMATS: dict[str, Format] = {}
 _GLOB_CHARS = frozenset("*?[")
@@ -57,7 +59,7 @@ def unregister(kind: str) -> None:
     _FORMATS.pop(kind, None)
 
 
-for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat()):
+for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat(), WebDatasetFormat()):
     register(_fmt)
 
 
@@ -158,8 +160,7 @@ def resolve_files(
         plurals = _either([f.plural for f in _FORMATS.values()])
         raise SourceError(f"no source given; pass {plurals} (or folders holding them)")
     out: dict[str, tuple[str, FileInfo]] = {}
-    for raw in paths:
-        raw = os.fspath(raw)
+    for raw in (p for given in paths for p in expand_braces(os.fspath(given))):
         fs, path = fs_of(raw, storage_options)
         ignored_here: list[str] = []
         try:
@@ -241,6 +242,7 @@ def open_source(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
+    key: str | None = None,
 ) -> Source:
     """Resolve paths into a :class:`~streamnorm.sources.Source` of shards.
 
@@ -272,6 +274,9 @@ def open_source(
         read whole (pyarrow's fastest path), larger ones in record batches of
         about this size; ``.npy`` files in chunks of this size. Bounds the
         memory of one reader (about twice this per worker).
+    key : str, optional
+        WebDataset: which member of each sample is read (``"jpg"``, ``"npy"``);
+        default: its one image member.
 
     Raises
     ------
@@ -295,7 +300,7 @@ def open_source(
     request = OpenRequest(layout=layout, columns=None if columns is None else tuple(columns),
                           image_column=image_column, image_mode=image_mode, storage_options=so,
                           shard_bytes=shard_bytes, images_per_shard=images_per_shard,
-                          batch_bytes=batch_bytes)
+                          batch_bytes=batch_bytes, key=key)
     source = get_format(kind).open([f for _, f in files], request)
     return replace(source, ignored_files=tuple(ignored))
 

@@ -218,7 +218,7 @@ def test_parquet_errors(tmp_path):
         open_source([str(tmp_path / "nothing-*.parquet")])
     (tmp_path / "data.bin").write_bytes(b"hello")
     with pytest.raises(SourceError, match=r"data\.bin: not a Parquet, image \(PNG, JPEG, BMP, GIF, "
-                                          r"WebP, TIFF\), \.npy .*file; pass"):
+                                          r"WebP, TIFF\), \.npy.* file; pass"):
         open_source([tmp_path / "data.bin"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="holds no"):

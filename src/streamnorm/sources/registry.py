@@ -31,6 +31,7 @@ from .base import (
     fs_of,
     one_line,
 )
+from .hf import HFDatasetFormat
 from .images import ImageFormat
 from .npy import NpyFormat
 from .parquet import ParquetFormat
@@ -59,7 +60,7 @@ def unregister(kind: str) -> None:
     _FORMATS.pop(kind, None)
 
 
-for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat(), WebDatasetFormat()):
+for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat(), WebDatasetFormat(), HFDatasetFormat()):
     register(_fmt)
 
 
@@ -302,7 +303,7 @@ def open_source(
                           shard_bytes=shard_bytes, images_per_shard=images_per_shard,
                           batch_bytes=batch_bytes, key=key)
     source = get_format(kind).open([f for _, f in files], request)
-    return replace(source, ignored_files=tuple(ignored))
+    return replace(source, ignored_files=(*ignored, *source.ignored_files))
 
 
 def _one_kind(files: Sequence[tuple[str, FileInfo]]) -> str:

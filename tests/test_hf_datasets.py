@@ -195,3 +195,19 @@ def test_reading_needs_no_datasets_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert json.loads(out) == [3.0, 1.5, 4.0]
+
+
+def test_fsspec_url_reads_the_same_as_the_local_folder(tmp_path):
+    import fsspec
+
+    folder = save(tmp_path / "ds", {"a": list(range(50)), "b": [0.5 * i for i in range(50)],
+                                    "u": [i % 5 for i in range(50)], "name": ["n"] * 50},
+                  num_shards=2)
+    fs = fsspec.filesystem("memory")
+    for path in folder.iterdir():
+        fs.pipe(f"/hf-test/ds/{path.name}", path.read_bytes())
+    try:
+        remote = engine.compute(["memory://hf-test/ds"])
+        assert remote.stats.equals(engine.compute([str(folder)]).stats)
+    finally:
+        fs.rm("/hf-test", recursive=True)

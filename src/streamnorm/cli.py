@@ -59,6 +59,8 @@ URLs of one kind:
                sample's image -> NHWC, or its .npy member with --key npy and
                --layout (a leading N axis over the samples); --key jpg picks
                one member when a sample has several
+  HF datasets  a Dataset.save_to_disk folder (for a DatasetDict, one split's
+               folder): columns as Parquet's, --image-column for Image()
 
 examples:
   streamnorm compute train.parquet --store stats/ --split train

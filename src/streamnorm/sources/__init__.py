@@ -50,6 +50,17 @@ Images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``, ``.tif``,
     holds (default ``"N"`` for 1-D, ``"NF"`` for 2-D arrays). Shards are row
     ranges along the first axis. Remote ``.npy`` files are read by range
     requests instead.
+WebDataset ``.tar`` shards (``.tar``, ``.tar.gz``, ``.tgz``; :mod:`~streamnorm.sources.webdataset`)
+    One shard per tar, streamed by :mod:`tarfile` (no extra package). Each
+    sample (members sharing a key) contributes its one image member (decoded
+    as image files are) or, with ``key=`` (``--key``), the member it names:
+    an image (``"jpg"``) or an ``.npy`` array (``"npy"``, one sample each, with
+    ``layout=``). Brace ranges (``train-{000000..000099}.tar``) are expanded
+    for every source (:mod:`~streamnorm.sources._braces`).
+Hugging Face ``datasets`` folders (``save_to_disk``; :mod:`~streamnorm.sources.hf`)
+    The Arrow IPC files that ``state.json`` lists, one shard per file, read
+    by pyarrow alone; columns as Parquet columns (``image_column=`` for an
+    ``Image()`` feature). A ``DatasetDict`` is read one split folder at a time.
 
 How the package is cut
 ----------------------

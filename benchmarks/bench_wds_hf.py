@@ -8,12 +8,17 @@ written by ``webdataset.TarWriter``, are reduced by ``streamnorm.engine.compute`
 Hugging Face: a ``Dataset.save_to_disk`` folder (``--rows`` rows of 16 float32
 columns, 4 Arrow files) is reduced by streamnorm (2 workers) and, as the
 baselines, read into numpy by pyarrow (memory-mapped ``open_stream`` +
-``to_numpy`` per column) and by ``datasets.load_from_disk(...).with_format("numpy")``.
+``to_numpy`` per column) and by ``datasets.load_from_disk(...).with_format("numpy")`` (both zero-copy reads of
+memory-mapped float32: no arithmetic), and by the pyarrow read plus numpy's
+mean, var, min and max per column (the same statistics, single-threaded).
+
+WebDataset runs include the start of the engine's 2 spawned worker processes
+(about 1-2 s of imports), so small runs show more than the per-image cost.
 
 Same process, same 2 cores, files in the page cache (one untimed warm-up each);
 median of ``--repeat`` runs. Results: ``benchmarks/results/wds_hf.{md,json}``.
 
-Usage: ``python benchmarks/bench_wds_hf.py [--shards 8] [--per-shard 250] [--rows 2000000]``
+Usage: ``python benchmarks/bench_wds_hf.py [--shards 8] [--per-shard 1000] [--rows 2000000]``
 """
 
 from __future__ import annotations
@@ -94,6 +99,18 @@ def plain_pyarrow(folder: Path) -> None:
                 col.to_numpy()
 
 
+def plain_numpy_stats(folder: Path) -> None:
+    """The pyarrow read plus numpy's mean, var, min and max per column (the same statistics)."""
+    import pyarrow as pa
+
+    for path in sorted(folder.glob("data-*.arrow")):
+        with pa.memory_map(str(path)) as mm:
+            table = pa.ipc.open_stream(mm).read_all()
+            for col in table.columns:
+                x = col.to_numpy()
+                x.mean(dtype=np.float64), x.var(dtype=np.float64), x.min(), x.max()
+
+
 def plain_datasets(folder: Path) -> None:
     import datasets
 
@@ -115,7 +132,7 @@ def timed(fn, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--per-shard", type=int, default=250)
+    parser.add_argument("--per-shard", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -135,7 +152,8 @@ def main() -> None:
         folder = write_hf(root, args.rows)
         ours = timed(lambda: engine.compute([str(folder)], workers=WORKERS), args.repeat)
         for name, fn in (("pyarrow open_stream + to_numpy", plain_pyarrow),
-                         ("datasets.load_from_disk, numpy format", plain_datasets)):
+                         ("datasets.load_from_disk, numpy format", plain_datasets),
+                         ("pyarrow read + numpy mean/var/min/max", plain_numpy_stats)):
             base = timed(lambda fn=fn: fn(folder), args.repeat)
             rows.append({"source": f"HF datasets ({args.rows:,} rows x 16 float32, 4 files)",
                          "baseline": name, "streamnorm_s": ours, "baseline_s": base,

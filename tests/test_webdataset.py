@@ -139,6 +139,13 @@ def test_key_chooses_the_member_when_a_sample_has_several_images(tmp_path):
         engine.compute([str(tmp_path)], key="cls")
 
 
+def test_key_is_refused_for_other_formats(tmp_path):
+    np.save(tmp_path / "x.npy", np.arange(6.0))
+    with pytest.raises(SourceError, match=r"--key chooses a member of WebDataset samples, but the "
+                                          r"sources are npy files .*x\.npy.*; drop --key"):
+        engine.compute([str(tmp_path / "x.npy")], key="npy")
+
+
 def test_sample_without_the_key_is_a_bad_record_naming_shard_and_sample(tmp_path):
     write_shards(tmp_path, np.random.default_rng(4), 1, 2)
     with pytest.raises(BadRecordError, match=r"train-000\.tar member s0_0000: .*no 'jpg' member "

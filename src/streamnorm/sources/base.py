@@ -323,6 +323,8 @@ class Format:
 
     unit_short: ClassVar[str] = "rows"
     range_unit: ClassVar[str] = "row"
+    #: Whether the format reads ``key=`` (``--key``: which member of a sample).
+    uses_key: ClassVar[bool] = False
 
     def span(self, start: int, stop: int) -> str:
         """``"rows 0-2"`` for the half-open range ``[0, 3)``; ``"row 3"``; ``"no rows"``."""

@@ -302,6 +302,9 @@ def open_source(
                           image_column=image_column, image_mode=image_mode, storage_options=so,
                           shard_bytes=shard_bytes, images_per_shard=images_per_shard,
                           batch_bytes=batch_bytes, key=key)
+    if key is not None and not get_format(kind).uses_key:
+        raise SourceError(f"--key chooses a member of WebDataset samples, but the sources are {kind} "
+                          f"files (e.g. {display(files[0][1].url)}); drop --key")
     source = get_format(kind).open([f for _, f in files], request)
     return replace(source, ignored_files=(*ignored, *source.ignored_files))
 

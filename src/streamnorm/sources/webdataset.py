@@ -91,6 +91,7 @@ class WebDatasetFormat(Format):
     noun = "WebDataset (.tar)"
     folder_noun = "WebDataset .tar"
     plural = "WebDataset .tar shards"
+    uses_key = True
 
     def open(self, files: Sequence[FileInfo], request: OpenRequest) -> Source:
         if request.columns or request.image_column:

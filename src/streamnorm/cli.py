@@ -58,6 +58,12 @@ URLs of one kind:
   Zarr, HDF5   Zarr stores (v2, v3; *.zarr folders or URLs) and .h5/.hdf5 files:
                --array NAME picks the array or dataset, --layout its axes
                (pip install 'streamnorm[zarr]' / 'streamnorm[hdf5]')
+  WebDataset   .tar shards (brace ranges like train-{000000..000099}.tar): each
+               sample's image -> NHWC, or its .npy member with --key npy and
+               --layout (a leading N axis over the samples); --key jpg picks
+               one member when a sample has several
+  HF datasets  a Dataset.save_to_disk folder (for a DatasetDict, one split's
+               folder): columns as Parquet's, --image-column for Image()
 
 examples:
   streamnorm compute train.parquet --store stats/ --split train
@@ -179,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--array", metavar="NAME",
                    help="the array or matrix to read in a file or store of many: a Zarr array or HDF5 "
                         "dataset by its path (group/x), or X (default) / layers/NAME of an .h5ad")
+    c.add_argument("--key", metavar="EXT",
+                   help="WebDataset: the member of each sample to read, e.g. jpg or npy "
+                        "(default: its one image)")
     c.add_argument("--image-mode", choices=("RGB", "L", "all"), default="RGB",
                    help="decode images as RGB (default), L (one luma channel) or all "
                         "(every channel as stored, e.g. multispectral TIFF)")
@@ -422,7 +431,7 @@ def _cmd_compute(args: argparse.Namespace) -> int:
         nan_policy=args.nan_policy, skip_bad=args.skip_bad, ignore_value=args.ignore_value,
         engine=args.engine,
         workers=args.workers, scheduler=args.scheduler, checkpoint=args.checkpoint,
-        checkpoint_storage_options=so, progress=_progress(args),
+        checkpoint_storage_options=so, progress=_progress(args), key=args.key,
     )
     source = {**run.summary(), "inputs": [str(p) for p in args.sources]}
     path = store.save(run.stats, args.split, overwrite=args.overwrite, source=source)

@@ -736,6 +736,7 @@ def compute(
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     array: str | None = None,
+    key: str | None = None,
 ) -> RunResult:
     """Statistics of Parquet files, image files or ``.npy`` arrays, in one pass.
 
@@ -745,7 +746,7 @@ def compute(
         Files, folders, globs or fsspec URLs (see :func:`~streamnorm.sources.open_source`),
         or a source opened already.
     layout, columns, image_column, image_mode, storage_options, shard_bytes,
-    images_per_shard, batch_bytes, array
+    images_per_shard, batch_bytes, array, key
         Passed to :func:`~streamnorm.sources.open_source`.
     histogram : bool
         Exact 256-bin histograms (8-bit data: images, uint8/int8 columns).
@@ -797,7 +798,7 @@ def compute(
         source = open_source(
             paths, layout=layout, columns=columns, image_column=image_column,
             image_mode=image_mode, storage_options=storage_options, shard_bytes=shard_bytes,
-            images_per_shard=images_per_shard, batch_bytes=batch_bytes, array=array,
+            images_per_shard=images_per_shard, batch_bytes=batch_bytes, array=array, key=key,
         )
     kwargs = {"histogram": bool(histogram), "nan_policy": nan_policy, "skip_bad": bool(skip_bad)}
     if ignore_value is None and source.nodata is not None and source.nodata == source.nodata:

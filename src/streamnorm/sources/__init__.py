@@ -66,6 +66,17 @@ AnnData ``.h5ad``
     writes it, per gene (layout ``NF``, features named after ``var_names``),
     read through h5py in blocks of about ``batch_bytes`` and never densified
     (:mod:`~streamnorm.sources.h5ad`; the extra ``anndata``).
+WebDataset ``.tar`` shards (``.tar``, ``.tar.gz``, ``.tgz``; :mod:`~streamnorm.sources.webdataset`)
+    One shard per tar, streamed by :mod:`tarfile` (no extra package). Each
+    sample (members sharing a key) contributes its one image member (decoded
+    as image files are) or, with ``key=`` (``--key``), the member it names:
+    an image (``"jpg"``) or an ``.npy`` array (``"npy"``, one sample each, with
+    ``layout=``). Brace ranges (``train-{000000..000099}.tar``) are expanded
+    for every source (:mod:`~streamnorm.sources._braces`).
+Hugging Face ``datasets`` folders (``save_to_disk``; :mod:`~streamnorm.sources.hf`)
+    The Arrow IPC files that ``state.json`` lists, one shard per file, read
+    by pyarrow alone; columns as Parquet columns (``image_column=`` for an
+    ``Image()`` feature). A ``DatasetDict`` is read one split folder at a time.
 
 How the package is cut
 ----------------------

@@ -144,6 +144,8 @@ class ReadOptions:
     feature_names: tuple[str, ...] | None = None
     #: The array or dataset read inside a Zarr store or HDF5 file (``--array``).
     array: str | None = None
+    #: WebDataset: the member of each sample that is read (``"jpg"``, ``"npy"``; ``None``: its image).
+    key: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         extra = {} if self.array is None else {"array": self.array}
@@ -155,6 +157,8 @@ class ReadOptions:
             "image_mode": self.image_mode,
             "batch_bytes": self.batch_bytes,
             "feature_names": None if self.feature_names is None else list(self.feature_names),
+            # only when set: descriptions (and so checkpoints) of other formats stay as they were
+            **({} if self.key is None else {"key": self.key}),
         }
 
 
@@ -171,6 +175,7 @@ class OpenRequest:
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD
     batch_bytes: int = DEFAULT_BATCH_BYTES
     array: str | None = None
+    key: str | None = None
 
 
 def reject_table_options(kind: str, files: Sequence[FileInfo], request: OpenRequest) -> None:
@@ -336,6 +341,8 @@ class Format:
 
     unit_short: ClassVar[str] = "rows"
     range_unit: ClassVar[str] = "row"
+    #: Whether the format reads ``key=`` (``--key``: which member of a sample).
+    uses_key: ClassVar[bool] = False
 
     def span(self, start: int, stop: int) -> str:
         """``"rows 0-2"`` for the half-open range ``[0, 3)``; ``"row 3"``; ``"no rows"``."""

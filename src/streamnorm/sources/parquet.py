@@ -79,7 +79,7 @@ class ParquetFormat(Format):
             for _where, image in _column_images(shard, skip_bad, skipped=[]):
                 yield image[None]
             return
-        for columns in _table_batches(shard):
+        for columns in self.read_columns(shard):
             if shard.options.tensor_shape:
                 yield _tensor_values(shard, columns[0], policy="propagate")[0]
             else:
@@ -100,6 +100,20 @@ class ParquetFormat(Format):
     def check(self, source: Source, results: Mapping[str, ShardResult]) -> None:
         if source.options.image_column is not None:
             check_one_bit_depth(source, results)
+
+    # -- what other table formats (Arrow IPC files) replace ----------------------
+    def read_columns(self, shard: Shard, columns: Sequence[str] | None = None,
+                     read_threads: bool = True) -> Iterator[list[Any]]:
+        """The shard's selected columns (or ``columns``), one list of Arrow arrays per read."""
+        return _table_batches(shard, columns, read_threads)
+
+    def first_row(self, shard: Shard) -> int:
+        """Index in its file of the shard's first row (for messages naming rows)."""
+        pf = _open_parquet(shard)
+        try:
+            return sum(pf.metadata.row_group(i).num_rows for i in range(shard.start))
+        finally:
+            pf.close()
 
 
 # -- opening ------------------------------------------------------------------
@@ -157,10 +171,46 @@ def _open_parquet_source(
     shard_bytes: int,
     batch_bytes: int,
 ) -> Source:
+    metas = [_read_footer(info, so) for info in infos]
+    options, out_layout, feature_names, ignored_columns = select_columns(
+        [(info, meta.schema.to_arrow_schema()) for info, meta in zip(infos, metas)],
+        layout, columns, image_column, image_mode, batch_bytes, "Parquet")
+    shards: list[Shard] = []
+    for info, meta in zip(infos, metas):
+        start, size = 0, 0
+        sizes = [
+            sum(meta.row_group(i).column(j).total_compressed_size
+                for j in range(meta.row_group(i).num_columns))
+            for i in range(meta.num_row_groups)
+        ]
+        for i, rg_size in enumerate(sizes):
+            size += rg_size
+            if size >= shard_bytes or i == len(sizes) - 1:
+                shards.append(Shard(ParquetFormat.kind, (info,), start, i + 1, options, so, size))
+                start, size = i + 1, 0
+    return Source(ParquetFormat.kind, out_layout, feature_names, tuple(shards), options, so,
+                  ignored_columns=ignored_columns)
+
+
+def select_columns(
+    schemas: Sequence[tuple[FileInfo, Any]],
+    layout: str | None,
+    columns: Sequence[str] | None,
+    image_column: str | None,
+    image_mode: str,
+    batch_bytes: int,
+    what: str,
+) -> tuple[ReadOptions, str, tuple[str, ...] | None, tuple[str, ...]]:
+    """Which columns of Arrow tables are read, and as what: shared by every table format.
+
+    ``schemas`` pairs each file with its Arrow schema; ``what`` names the
+    format in messages. Returns the read options, the layout, the feature
+    names and the non-numeric columns left out (``"name (type)"``).
+    """
     import pyarrow as pa
 
-    metas = [_read_footer(info, so) for info in infos]
-    first_schema = metas[0].schema.to_arrow_schema()
+    first_schema = schemas[0][1]
+    infos = [info for info, _ in schemas]
     tensor_shape: tuple[int, ...] = ()
     feature_names: tuple[str, ...] | None
     if image_column is not None:
@@ -187,8 +237,7 @@ def _open_parquet_source(
         if len(set(selected)) != len(selected):
             raise SourceError(f"columns are repeated: {list(selected)}")
         out_layout, feature_names = "NF", selected
-    for info, meta in zip(infos, metas):
-        schema = meta.schema.to_arrow_schema()
+    for info, schema in schemas:
         for name in selected:
             idx = schema.get_field_index(name)
             if idx < 0:
@@ -248,7 +297,7 @@ def _open_parquet_source(
             feature_names = None
     elif image_column is None and layout not in (None, "NF"):
         raise LayoutError(
-            f"numeric Parquet columns are read as 'NF' (one feature per column); "
+            f"numeric {what} columns are read as 'NF' (one feature per column); "
             f"drop --layout {layout!r}"
         )
     ignored_columns = () if (columns or image_column is not None) else tuple(
@@ -257,21 +306,7 @@ def _open_parquet_source(
                           image_column=image_column, image_mode=image_mode,
                           batch_bytes=batch_bytes,
                           feature_names=feature_names if tensor_shape else None)
-    shards: list[Shard] = []
-    for info, meta in zip(infos, metas):
-        start, size = 0, 0
-        sizes = [
-            sum(meta.row_group(i).column(j).total_compressed_size
-                for j in range(meta.row_group(i).num_columns))
-            for i in range(meta.num_row_groups)
-        ]
-        for i, rg_size in enumerate(sizes):
-            size += rg_size
-            if size >= shard_bytes or i == len(sizes) - 1:
-                shards.append(Shard(ParquetFormat.kind, (info,), start, i + 1, options, so, size))
-                start, size = i + 1, 0
-    return Source(ParquetFormat.kind, out_layout, feature_names, tuple(shards), options, so,
-                  ignored_columns=ignored_columns)
+    return options, out_layout, feature_names, ignored_columns
 
 
 # -- reading ------------------------------------------------------------------
@@ -337,7 +372,7 @@ def _table_batches(
 
 def _compute_table(shard: Shard, acc_options: dict[str, Any], read_threads: bool) -> ShardResult:
     reducer = _TableReducer(shard.options.columns, acc_options, shard.where)
-    for columns in _table_batches(shard, read_threads=read_threads):
+    for columns in shard.format.read_columns(shard, read_threads=read_threads):
         reducer.update(columns)
     return ShardResult(shard.id, reducer.result(), reducer.rows, shard.nbytes)
 
@@ -391,7 +426,7 @@ def _compute_tensor(shard: Shard, acc_options: dict[str, Any], read_threads: boo
     rows = 0
     dropped = 0
     seen = False
-    for (col,) in _table_batches(shard, read_threads=read_threads):
+    for (col,) in shard.format.read_columns(shard, read_threads=read_threads):
         values, lost = _tensor_values(shard, col, nan_policy)
         rows += len(values) + lost
         dropped += lost
@@ -414,11 +449,8 @@ def _column_images(
 
     column = shard.options.image_column
     assert column is not None
-    pf = _open_parquet(shard)
-    first_row = sum(pf.metadata.row_group(i).num_rows for i in range(shard.start))
-    pf.close()
-    row = first_row
-    for (col,) in _table_batches(shard, [column]):
+    row = shard.format.first_row(shard)
+    for (col,) in shard.format.read_columns(shard, [column]):
         if pa.types.is_struct(col.type):
             col = col.field("bytes")
         for value in col.to_pylist():

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import StreamnormError
 from ..layout import parse_layout
+from ._braces import expand_braces
 from ._decode import check_image_mode
 from .arrays import Hdf5Format, ZarrFormat
 from .base import (
@@ -32,9 +33,11 @@ from .base import (
     one_line,
 )
 from .h5ad import H5adFormat
+from .hf import HFDatasetFormat
 from .images import ImageFormat
 from .npy import NpyFormat
 from .parquet import ParquetFormat
+from .webdataset import WebDatasetFormat
 
 _FORMATS: dict[str, Format] = {}
 _GLOB_CHARS = frozenset("*?[")
@@ -59,7 +62,8 @@ def unregister(kind: str) -> None:
     _FORMATS.pop(kind, None)
 
 
-for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat(), ZarrFormat(), Hdf5Format(), H5adFormat()):
+for _fmt in (ParquetFormat(), ImageFormat(), NpyFormat(), ZarrFormat(), Hdf5Format(), H5adFormat(),
+             WebDatasetFormat(), HFDatasetFormat()):
     register(_fmt)
 
 
@@ -160,8 +164,7 @@ def resolve_files(
         plurals = _either([f.plural for f in _FORMATS.values()])
         raise SourceError(f"no source given; pass {plurals} (or folders holding them)")
     out: dict[str, tuple[str, FileInfo]] = {}
-    for raw in paths:
-        raw = os.fspath(raw)
+    for raw in (p for given in paths for p in expand_braces(os.fspath(given))):
         fs, path = fs_of(raw, storage_options)
         ignored_here: list[str] = []
         try:
@@ -282,6 +285,7 @@ def open_source(
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     array: str | None = None,
+    key: str | None = None,
 ) -> Source:
     """Resolve paths into a :class:`~streamnorm.sources.Source` of shards.
 
@@ -318,6 +322,9 @@ def open_source(
         The array or matrix to read in a file or store of many: a Zarr array
         or HDF5 dataset by its path inside (needed when it holds several), or
         ``"X"`` (default) / ``"layers/NAME"`` of an AnnData ``.h5ad``.
+    key : str, optional
+        WebDataset: which member of each sample is read (``"jpg"``, ``"npy"``);
+        default: its one image member.
 
     Raises
     ------
@@ -341,11 +348,14 @@ def open_source(
     request = OpenRequest(layout=layout, columns=None if columns is None else tuple(columns),
                           image_column=image_column, image_mode=image_mode, storage_options=so,
                           shard_bytes=shard_bytes, images_per_shard=images_per_shard,
-                          batch_bytes=batch_bytes, array=array)
+                          batch_bytes=batch_bytes, array=array, key=key)
     if array is not None and not get_format(kind).takes_array:
         raise SourceError(f"--array names a matrix inside a file, but {kind} files hold only one")
+    if key is not None and not get_format(kind).uses_key:
+        raise SourceError(f"--key chooses a member of WebDataset samples, but the sources are {kind} "
+                          f"files (e.g. {display(files[0][1].url)}); drop --key")
     source = get_format(kind).open([f for _, f in files], request)
-    return replace(source, ignored_files=tuple(ignored))
+    return replace(source, ignored_files=(*ignored, *source.ignored_files))
 
 
 def _one_kind(files: Sequence[tuple[str, FileInfo]]) -> str:

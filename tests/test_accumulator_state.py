@@ -131,3 +131,25 @@ def test_load_state_dict_refuses_names_that_do_not_fit_the_features():
     with pytest.raises(sn.StreamnormError, match="2 feature names for 3 features"):
         acc.load_state_dict({**state, "feature_names": ["a", "b"]})
     assert acc.n_features is None
+
+
+@pytest.mark.parametrize("edit", [
+    {"count": [-1, 2]}, {"int_sumsq": [0, 0]}, {"int_sum": [100, 6]}, {"n_batches": -3},
+    {"min": [5, 2], "max": [1, 4]},
+])
+def test_load_state_dict_refuses_states_no_data_could_give(edit):
+    """Found by review: an edited state loaded and result() gave a negative count and m2."""
+    a = sn.StatsAccumulator(layout="NF").update(np.array([[1, 2], [3, 4]], np.int16))
+    state = {**a.state_dict(), **edit}
+    b = sn.StatsAccumulator(layout="NF")
+    with pytest.raises(sn.StreamnormError, match="inconsistent StatsAccumulator state"):
+        b.load_state_dict(state)
+    assert b.state_dict()["n_batches"] == 0  # unchanged
+
+
+@pytest.mark.parametrize("edit", [{"m2": [-1.0, 0.5]}, {"mean": [np.nan, 0.0]}, {"min": [9.0, 2.0]}])
+def test_load_state_dict_refuses_impossible_float_states(edit):
+    a = sn.StatsAccumulator(layout="NF").update(np.array([[1.5, 2.0], [3.0, 4.5]]))
+    state = {**a.state_dict(), **{k: np.asarray(v) for k, v in edit.items()}}
+    with pytest.raises(sn.StreamnormError, match="inconsistent StatsAccumulator state"):
+        sn.StatsAccumulator(layout="NF").load_state_dict(state)

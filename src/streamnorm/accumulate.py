@@ -187,6 +187,39 @@ def _nonfinite_moments(mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
     return mean, np.where(nan | pos | neg, np.nan, m2)
 
 
+def _state_problem(acc: StatsAccumulator) -> str | None:
+    """What makes a loaded state impossible for any data (None when nothing does)."""
+    if acc._n_batches < 0:
+        return f"n_batches is {acc._n_batches}"
+    a = acc._arrays
+    for key in ("count", "nan_count", "masked_count"):
+        if key in a and (a[key] < 0).any():
+            return f"{key} is negative for feature {int(np.argmax(a[key] < 0))}"
+    if not a:
+        return None
+    count, has = a["count"], a["count"] > 0
+    if acc._kind == FLOAT_KIND:
+        clean = has & (a["nan_count"] == 0)
+        with np.errstate(invalid="ignore"):
+            bad = (a["m2"] < 0) | (clean & (np.isnan(a["mean"]) | np.isnan(a["m2"])))
+            bad |= has & (a["min"] > a["max"])
+        return None if not bad.any() else f"mean, m2, min or max impossible for feature {int(np.argmax(bad))}"
+    if "hist" in a:
+        hist = a["hist"]
+        bad = (hist < 0).any(axis=1) | (hist.sum(axis=1) != count)
+        return None if not bad.any() else f"histogram does not count the values of feature {int(np.argmax(bad))}"
+    if "int_sum" in a:
+        for f, (n, total, squares) in enumerate(zip(count.tolist(), a["int_sum"], a["int_sumsq"])):
+            lo, hi = int(a["min"][f]), int(a["max"][f])
+            if n == 0:
+                ok = total == 0 and squares == 0
+            else:  # Cauchy-Schwarz, and the sum between count*min and count*max
+                ok = lo <= hi and n * lo <= total <= n * hi and n * squares >= total * total
+            if not ok:
+                return f"exact sums contradict count, min and max for feature {f}"
+    return None
+
+
 def _keep_view(arr: np.ndarray, keep: np.ndarray, layout: Any) -> np.ndarray:
     """``keep`` as the uint8 ``(outer, features, inner)`` view that matches ``arr``'s.
 
@@ -1218,6 +1251,10 @@ class StatsAccumulator:
                     f"malformed StatsAccumulator state: {len(names)} feature names for "
                     f"{fresh._n_features} features"
                 )
+            problem = _state_problem(fresh)
+            if problem is not None:
+                raise StreamnormError(f"inconsistent StatsAccumulator state: {problem}; it was not "
+                                      f"written by state_dict(), or was changed since")
         except StreamnormError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

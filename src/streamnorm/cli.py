@@ -381,7 +381,7 @@ def _report_ignored(source: Any, ignore_value: Any = None) -> None:
             f"{', '.join(cols[:5])}{' ...' if len(cols) > 5 else ''} (choose columns with "
             f"--columns, or --image-column for encoded images)\n"
         )
-    if getattr(source, "nodata", None) is not None and source.nodata == source.nodata:
+    if source.skipped_value is not None:
         skipped = ("values equal to it are skipped (counted in masked_count)" if ignore_value is None
                    else f"--ignore-value {ignore_value} is skipped instead")
         sys.stderr.write(

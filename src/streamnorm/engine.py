@@ -801,9 +801,8 @@ def compute(
             images_per_shard=images_per_shard, batch_bytes=batch_bytes, array=array, key=key,
         )
     kwargs = {"histogram": bool(histogram), "nan_policy": nan_policy, "skip_bad": bool(skip_bad)}
-    if ignore_value is None and source.nodata is not None and source.nodata == source.nodata:
-        # the array's declared missing data (ignore_value= overrides; a NaN one follows nan_policy)
-        ignore_value = source.nodata
+    if ignore_value is None:  # the array's declared missing data (ignore_value= overrides)
+        ignore_value = source.skipped_value
     if ignore_value is not None:  # (absent otherwise: checkpoints of earlier runs still resume)
         kwargs["ignore_value"] = check_ignore_value(ignore_value)
     results: dict[str, ShardResult] = {}

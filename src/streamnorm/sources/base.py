@@ -509,6 +509,11 @@ class Source:
     nodata_attribute: str | None = None
 
     @property
+    def skipped_value(self) -> float | None:
+        """The declared missing-data value that is skipped by default (a NaN one follows ``nan_policy``)."""
+        return None if self.nodata is None or self.nodata != self.nodata else self.nodata
+
+    @property
     def format(self) -> Format:
         return _format(self.kind)
 

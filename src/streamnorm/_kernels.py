@@ -14,7 +14,7 @@ without a copy. Sums of those offsets are exact, and the caller converts them
 back with exact integer arithmetic. Chunk sizes keep every narrow accumulator
 from overflowing:
 
-- 8-bit planes: int32 sums over 32768 values (255**2 * 32768 < 2**31);
+- 8-bit planes: uint32 sums over 65536 values (255**2 * 65536 < 2**32);
 - 8-bit columns: uint16 sums over 256 rows, uint32 squares over 65536 rows;
 - 16-bit: int64 squares (each < 2**32), the caller bounds values per call;
 - 32-bit: ``u = h * 2**16 + l`` and ``u**2 = h*h*2**32 + h*l*2**17 + l*l``,
@@ -45,7 +45,7 @@ DISABLE_JIT_ENV = "STREAMNORM_DISABLE_JIT"
 JIT_ENABLED = os.environ.get(DISABLE_JIT_ENV, "").strip().lower() in ("", "0", "false", "no")
 CACHE_ENABLED = True
 
-PLANE_CHUNK_8BIT = 32768
+PLANE_CHUNK_8BIT = 65536
 PLANE_LANES = 64
 FLOAT_CHUNK_BYTES = 32768
 
@@ -103,33 +103,44 @@ def _probe_cache(kernel) -> None:
 
 @_jit
 def u8_planes(x, xor, s, q, q1, q2, mn, mx):
-    """(O, F, I) uint8 -> per-feature sum, sum of squares, min, max of ``x ^ xor``."""
+    """(O, F, I) uint8 -> per-feature sum, sum of squares, min, max of ``x ^ xor``.
+
+    Every value in the hot loop is cast back to its narrow type: numba widens
+    integer arithmetic to 64 bits, which made LLVM widen each byte eight times
+    (64-bit lanes) and read 32 bytes per iteration. With ``uint8`` min/max and
+    ``uint32`` sums it loads 64 bytes per iteration and squares with
+    ``vpmaddwd``/``vpdpwssd``. The loop starts at 0 over a sliced chunk, so no
+    negative-index wraparound turns its loads into gathers.
+    """
     n_outer, n_feat, n_inner = x.shape
+    x8 = np.uint8(xor)
     for o in range(n_outer):
         for f in range(n_feat):
-            lo = np.int32(mn[f])
-            hi = np.int32(mx[f])
+            span = x[o, f]
+            lo = np.uint8(mn[f]) if mn[f] < 255 else np.uint8(255)
+            hi = np.uint8(mx[f]) if mx[f] > 0 else np.uint8(0)
             ss = np.int64(0)
             qq = np.int64(0)
             i0 = 0
             while i0 < n_inner:
                 i1 = min(n_inner, i0 + PLANE_CHUNK_8BIT)
-                chunk = x[o, f, i0:i1]
-                a = np.int32(0)
-                b = np.int32(0)
+                chunk = span[i0:i1]
+                a = np.uint32(0)
+                b = np.uint32(0)
                 for i in range(chunk.shape[0]):
-                    v = np.int32(chunk[i] ^ xor)
-                    a += v
-                    b += v * v
-                    lo = v if v < lo else lo
-                    hi = v if v > hi else hi
+                    v = np.uint8(chunk[i] ^ x8)
+                    w = np.uint32(v)
+                    a = np.uint32(a + w)
+                    b = np.uint32(b + w * w)
+                    lo = min(lo, v)
+                    hi = max(hi, v)
                 ss += np.int64(a)
                 qq += np.int64(b)
                 i0 = i1
             s[f] += ss
             q[f] += qq
-            mn[f] = lo
-            mx[f] = hi
+            mn[f] = np.int64(lo)
+            mx[f] = np.int64(hi)
 
 
 @_jit
@@ -191,25 +202,40 @@ def u8_hist_cols(x, xor, hist):
 
 @_jit
 def u16_planes(x, xor, s, q, q1, q2, mn, mx):
-    """(O, F, I) uint16 -> sum, sum of squares (each square < 2**32), min, max."""
+    """(O, F, I) uint16 -> sum, sum of squares (each square < 2**32), min, max.
+
+    Narrow types as in :func:`u8_planes`: ``uint16`` min/max, ``uint32`` sums
+    over chunks of 65536 values, ``uint64`` squares (32x32->64 multiplies).
+    """
     n_outer, n_feat, n_inner = x.shape
+    x16 = np.uint16(xor)
     for o in range(n_outer):
         for f in range(n_feat):
-            lo = mn[f]
-            hi = mx[f]
-            a = np.int64(0)
-            b = np.int64(0)
-            span = x[o, f, :]
-            for i in range(span.shape[0]):
-                v = np.int64(span[i] ^ xor)
-                a += v
-                b += v * v
-                lo = v if v < lo else lo
-                hi = v if v > hi else hi
-            s[f] += a
-            q[f] += b
-            mn[f] = lo
-            mx[f] = hi
+            span = x[o, f]
+            lo = np.uint16(mn[f]) if mn[f] < 65535 else np.uint16(65535)
+            hi = np.uint16(mx[f]) if mx[f] > 0 else np.uint16(0)
+            ss = np.int64(0)
+            qq = np.int64(0)
+            i0 = 0
+            while i0 < n_inner:
+                i1 = min(n_inner, i0 + 65536)
+                chunk = span[i0:i1]
+                a = np.uint32(0)
+                b = np.uint64(0)
+                for i in range(chunk.shape[0]):
+                    v = np.uint16(chunk[i] ^ x16)
+                    w = np.uint32(v)
+                    a = np.uint32(a + w)
+                    b = np.uint64(b + np.uint64(w * w))
+                    lo = min(lo, v)
+                    hi = max(hi, v)
+                ss += np.int64(a)
+                qq += np.int64(b)
+                i0 = i1
+            s[f] += ss
+            q[f] += qq
+            mn[f] = np.int64(lo)
+            mx[f] = np.int64(hi)
 
 
 @_jit
@@ -392,6 +418,11 @@ def _careful_span(v, k, policy):
 def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
     """(R, W) float -> per-column moments about ``k[j]``, row blocks of ~32 KB.
 
+    Both passes take four rows at a time, so the per-column partials (sums in
+    float64, min and max in the input's own dtype, where they are exact) are
+    loaded and stored once per four rows: one row at a time, those loads and
+    stores, not the arithmetic, bounded the loop.
+
     The partial arrays are running state: blocks are merged into them with
     Chan's update. Returns -1, or the first column with a non-finite value
     under the raise policy (the partials are then unusable).
@@ -401,23 +432,49 @@ def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
     total = np.empty(width)
     acc = np.empty(width)
     comp = np.empty(width)
-    lo = np.empty(width)
-    hi = np.empty(width)
+    lo = np.empty_like(x[0])
+    hi = np.empty_like(x[0])
     r0 = 0
     while r0 < n_rows:
         r1 = min(n_rows, r0 + block)
         rows = x[r0:r1]
         nb = r1 - r0
+        first = rows[0]
         for j in range(width):
             total[j] = 0.0
-            lo[j] = mn[j]
-            hi[j] = mx[j]
-        for r in range(nb):
+            lo[j] = first[j]
+            hi[j] = first[j]
+        r = 0
+        while r + 4 <= nb:
+            a0 = rows[r]
+            a1 = rows[r + 1]
+            a2 = rows[r + 2]
+            a3 = rows[r + 3]
             for j in range(width):
-                y = np.float64(rows[r, j])
-                total[j] += y - k[j]
-                lo[j] = y if y < lo[j] else lo[j]
-                hi[j] = y if y > hi[j] else hi[j]
+                c = k[j]
+                y0 = a0[j]
+                y1 = a1[j]
+                y2 = a2[j]
+                y3 = a3[j]
+                total[j] += (((np.float64(y0) - c) + (np.float64(y1) - c))
+                             + ((np.float64(y2) - c) + (np.float64(y3) - c)))
+                m01 = y0 if y0 < y1 else y1
+                m23 = y2 if y2 < y3 else y3
+                m = m01 if m01 < m23 else m23
+                lo[j] = m if m < lo[j] else lo[j]
+                h01 = y0 if y0 > y1 else y1
+                h23 = y2 if y2 > y3 else y3
+                h = h01 if h01 > h23 else h23
+                hi[j] = h if h > hi[j] else hi[j]
+            r += 4
+        while r < nb:
+            a0 = rows[r]
+            for j in range(width):
+                y0 = a0[j]
+                total[j] += np.float64(y0) - k[j]
+                lo[j] = y0 if y0 < lo[j] else lo[j]
+                hi[j] = y0 if y0 > hi[j] else hi[j]
+            r += 1
         finite = True
         for j in range(width):
             total[j] = total[j] / nb
@@ -426,17 +483,37 @@ def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
             if not np.isfinite(total[j]):
                 finite = False
         if finite:
-            for r in range(nb):
+            r = 0
+            while r + 4 <= nb:
+                a0 = rows[r]
+                a1 = rows[r + 1]
+                a2 = rows[r + 2]
+                a3 = rows[r + 3]
                 for j in range(width):
-                    d = (np.float64(rows[r, j]) - k[j]) - total[j]
+                    c = k[j]
+                    t = total[j]
+                    d0 = (np.float64(a0[j]) - c) - t
+                    d1 = (np.float64(a1[j]) - c) - t
+                    d2 = (np.float64(a2[j]) - c) - t
+                    d3 = (np.float64(a3[j]) - c) - t
+                    acc[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                    comp[j] += (d0 + d1) + (d2 + d3)
+                r += 4
+            while r < nb:
+                a0 = rows[r]
+                for j in range(width):
+                    d = (np.float64(a0[j]) - k[j]) - total[j]
                     acc[j] += d * d
                     comp[j] += d
+                r += 1
             for j in range(width):
                 cm2 = _corrected_m2(acc[j], comp[j], nb)
                 cm = total[j] + comp[j] / nb
                 n[j], mean[j], m2[j] = _chan(n[j], mean[j], m2[j], float(nb), cm, cm2)
-                mn[j] = lo[j]
-                mx[j] = hi[j]
+                v = np.float64(lo[j])
+                mn[j] = v if v < mn[j] else mn[j]  # a NaN already in mn (propagate) stays
+                v = np.float64(hi[j])
+                mx[j] = v if v > mx[j] else mx[j]
         else:
             for j in range(width):
                 cn, bad_n, cm, cm2, clo, chi, bad = _careful_span(rows[:, j], k[j], policy)

@@ -54,7 +54,7 @@ FLOAT_KIND = "float"
 MIN_PARALLEL_BYTES = 1 << 20
 # Column layouts with few features are reduced as rows of about this many
 # lanes (k rows side by side), so the vectorized inner loop is long enough.
-TARGET_LANES = {1: 384, 2: 256, 4: 128, 8: 64}
+TARGET_LANES = {1: 384, 2: 128, 4: 128, 8: 64}
 # Values per feature that pending int64 sums may absorb before they are
 # flushed into exact Python integers (see the overflow notes in _kernels).
 PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}

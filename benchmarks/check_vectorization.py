@@ -162,10 +162,18 @@ def lane_bits(mnemonic: str) -> int | None:
 
     Lanes of 64 bits on 8-bit data mean the loop widened each byte eight times over.
 
+    Bitwise ops (``vpxorq``, ``vpandd``, ``vpternlogq``) say nothing of lanes: AVX-512
+    spells them with a lane size that only matters under a write mask.
+
     >>> [lane_bits(m) for m in ("vpminub", "vpmovzxbq", "vpmaddwd", "vpsadbw", "vcvtps2pd", "vaddps", "vpxor")]
     [8, 64, 32, 64, 64, 32, None]
+    >>> [lane_bits(m) for m in ("vpxorq", "vpandd", "vpternlogq", "vpdpwssd")]
+    [None, None, None, 32]
     """
-    special = {"vpmaddwd": 32, "pmaddwd": 32, "vpsadbw": 64, "psadbw": 64, "vpmaddubsw": 16, "pmaddubsw": 16}
+    special = {"vpmaddwd": 32, "pmaddwd": 32, "vpsadbw": 64, "psadbw": 64, "vpmaddubsw": 16, "pmaddubsw": 16,
+               "vpdpwssd": 32, "vpdpbusd": 32}
+    if re.match(r"^v?p(xor|and|andn|or|ternlog)[dq]?$", mnemonic):
+        return None
     if mnemonic in special:
         return special[mnemonic]
     if mnemonic.endswith(("pd", "2pd")):
@@ -331,6 +339,14 @@ class Verdict:
     holder: str
     hot: list[tuple[SourceLoop, list[Loop]]] = field(default_factory=list)
     note: str = ""
+    max_lane_bits: int | None = None
+
+    @property
+    def widened(self) -> bool:
+        """Whether a main loop computes in lanes wider than ``max_lane_bits`` (e.g. bytes in 64-bit lanes)."""
+        if self.max_lane_bits is None:
+            return False
+        return any(b > self.max_lane_bits for lo in self.main_loops() for b in lo.lane_bits)
 
     @property
     def scalar_loops(self) -> list[SourceLoop]:
@@ -355,6 +371,10 @@ class Verdict:
                 "hot_loops": len(self.hot), "vector_hot_loops": len(self.hot) - len(self.scalar_loops),
                 "packed_ops": sum(lo.packed for lo in mains), "scalar_ops": sum(lo.scalar for lo in mains),
                 "asm_loops": sum(len(compiled) for _, compiled in self.hot), "note": self.note}
+
+    def widening(self) -> str:
+        lanes = max(b for lo in self.main_loops() for b in lo.lane_bits)
+        return f"{self.kernel} {self.dtype} ({lanes}-bit lanes, at most {self.max_lane_bits} needed)"
 
     def complaint(self) -> str:
         spans = ", ".join(f"{s.first}-{s.last}" for s in self.scalar_loops)
@@ -386,6 +406,11 @@ def judge(kernel: str, dtype: str, holder: str, asm_lines: list[str], hot: list[
 # ---------------------------------------------------------------------------
 # the kernels, with the argument types the accumulator passes them
 # ---------------------------------------------------------------------------
+
+# Lanes a kernel's hot loop needs at most: 8-bit values fit uint32 sums and
+# squares, so 64-bit lanes mean numba's widening of integer arithmetic reached
+# the loop (it made u8_planes 4x slower).
+MAX_LANE_BITS = {"u8_planes": 32, "u8_cols": 32}
 
 SCATTER = {
     "u8_hist_planes": "scatter, not checked: hist[f, v] += 1 increments a data-dependent bin "
@@ -490,7 +515,9 @@ def check_all(arch: str | None = None) -> list[Verdict]:
                                     f"no compiled body of {holder} in the assembly"))
             continue
         files = debug_files(asm, inspect.getsourcefile(py))
-        verdicts.append(judge(kernel, dtype, holder, funcs[symbol], hot, arch, files, note))
+        verdict = judge(kernel, dtype, holder, funcs[symbol], hot, arch, files, note)
+        verdict.max_lane_bits = MAX_LANE_BITS.get(kernel)
+        verdicts.append(verdict)
     return verdicts
 
 
@@ -533,7 +560,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 naming each kernel whose hot loop is scalar")
+    parser.add_argument("--check", action="store_true", help="exit 1 naming each kernel whose hot loop is scalar or widens 8-bit values to 64-bit lanes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     args = parser.parse_args(argv)
     import numba
@@ -551,9 +578,11 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / "vectorization.md").write_text(text)
         (RESULTS / "vectorization.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     scalar = [v.complaint() for v in verdicts if not v.vectorized]
-    if args.check and scalar:
-        print(f"check_vectorization: scalar hot loop in {'; '.join(scalar)} on {describe_cpu(info)}",
-              file=sys.stderr)
+    wide = [v.widening() for v in verdicts if v.vectorized and v.widened]
+    if args.check and (scalar or wide):
+        problems = ([f"scalar hot loop in {'; '.join(scalar)}"] if scalar else []) + (
+            [f"values widened past their lanes in {'; '.join(wide)}"] if wide else [])
+        print(f"check_vectorization: {'; '.join(problems)} on {describe_cpu(info)}", file=sys.stderr)
         return 1
     return 0
 

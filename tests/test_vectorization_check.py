@@ -92,6 +92,23 @@ def test_check_exits_1_with_one_line_naming_each_scalar_hot_loop(cv, monkeypatch
     assert capsys.readouterr().err == ""
 
 
+def test_check_fails_when_8bit_values_are_widened_to_64bit_lanes(cv, monkeypatch, capsys):
+    # the u8_planes of before issue 9: numba's 64-bit integer arithmetic reached the loop
+    hot = [cv.SourceLoop(10, 14, 2, True)]
+    widened = cv.Loop(".LBB0_1", 0, 5, packed=4, scalar=2, width=512, source_lines=[11], lane_bits=[8, 64])
+    narrow = cv.Loop(".LBB0_1", 0, 5, packed=4, scalar=2, width=512, source_lines=[11], lane_bits=[8, 32])
+    verdict = cv.Verdict("u8_planes", "uint8/int8", "u8_planes", [(hot[0], [widened])], max_lane_bits=32)
+    monkeypatch.setattr(cv, "check_all", lambda: [verdict])
+    assert cv.main(["--check", "--no-write"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "values widened past their lanes in u8_planes uint8/int8 (64-bit lanes, at most 32 needed)" in err
+    assert "scalar hot loop" not in err
+    verdict.hot = [(hot[0], [narrow])]
+    assert cv.main(["--check", "--no-write"]) == 0
+    verdict.hot, verdict.max_lane_bits = [(hot[0], [widened])], None  # float kernels: 64-bit lanes are right
+    assert cv.main(["--check", "--no-write"]) == 0
+
+
 @pytest.mark.parametrize("case", [("u8_planes", "uint8/int8", "u8_planes", (1, 2), ""),
                                   ("no_such_kernel", "uint8/int8", "no_such_kernel", (), "")])
 def test_a_kernel_that_no_longer_compiles_for_its_case_is_named(cv, monkeypatch, case):

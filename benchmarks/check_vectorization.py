@@ -410,7 +410,7 @@ def judge(kernel: str, dtype: str, holder: str, asm_lines: list[str], hot: list[
 # Lanes a kernel's hot loop needs at most: 8-bit values fit uint32 sums and
 # squares, so 64-bit lanes mean numba's widening of integer arithmetic reached
 # the loop (it made u8_planes 4x slower).
-MAX_LANE_BITS = {"u8_planes": 32, "u8_cols": 32}
+MAX_LANE_BITS = {"u8_planes": 32, "u8_cols": 32, "u8_words": 32, "u8_rgb": 32}
 
 SCATTER = {
     "u8_hist_planes": "scatter, not checked: hist[f, v] += 1 increments a data-dependent bin "
@@ -431,7 +431,7 @@ def _kernels():
 def cases() -> list[tuple[str, str, str, tuple, str]]:
     """``(kernel, dtype, function holding the hot loops, args, note)`` per check.
 
-    The arguments mirror ``StatsAccumulator._int_task`` / ``_float_kernels``: unsigned
+    The arguments mirror ``_int_moments.int_moments`` / ``_float_kernels``: unsigned
     C-contiguous views, the xor scalar of the view's dtype, int64 partials, float64
     moments and the nan policy as an int.
     """
@@ -444,6 +444,10 @@ def cases() -> list[tuple[str, str, str, tuple, str]]:
                     (np.zeros((2, 3, 4096), udt), udt(0), *partials[:4], partials[4][:3], partials[5][:3]), ""))
         out.append((f"u{bits}_cols", f"uint{bits}/int{bits}", f"u{bits}_cols",
                     (np.zeros((256, 64), udt), udt(0), *partials), ""))
+
+    words = (np.zeros(3 * 1024, np.uint32), np.uint32(0), *(np.zeros(4, np.int64) for _ in range(4)))
+    out.append(("u8_words", "uint8/int8", "u8_words", words, "1, 2 or 4 channels: a byte position each"))
+    out.append(("u8_rgb", "uint8/int8", "u8_rgb", words, "3 channels: 4 pixels in 3 words"))
 
     def moments(n: int) -> tuple:
         return (np.zeros(n), np.zeros(n), np.zeros(n, np.int64), np.zeros(n), np.zeros(n),
@@ -560,7 +564,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 naming each kernel whose hot loop is scalar or widens 8-bit values to 64-bit lanes")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 naming each kernel whose hot loop is scalar or widens bytes to 64-bit lanes")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     args = parser.parse_args(argv)
     import numba

@@ -20,6 +20,8 @@ SCRIPT = textwrap.dedent("""
         "u8_nchw": (rng.integers(0, 256, (3, 3, 9, 9), dtype=np.uint8), "NCHW", {}),
         "u8_hist": (rng.integers(0, 256, (300, 2), dtype=np.uint8), "NF", {"histogram": True}),
         "i8_nhwc": (rng.integers(-128, 128, (2, 5, 5, 3)).astype(np.int8), "NHWC", {}),
+        "u8_nhwc4": (rng.integers(0, 256, (2, 5, 5, 4), dtype=np.uint8), "NHWC", {}),
+        "i8_nhwc2": (rng.integers(-128, 128, (2, 5, 5, 2)).astype(np.int8), "NHWC", {}),
         "i16_nf": (rng.integers(-2**15, 2**15, (600, 3)).astype(np.int16), "NF", {}),
         "u32_ncl": (rng.integers(0, 2**32, (2, 2, 70), dtype=np.uint32), "NCL", {}),
         "i32_nf": (rng.integers(-2**31, 2**31, (500, 2)).astype(np.int32), "NF", {}),

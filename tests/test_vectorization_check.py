@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "check_vectorization.py"
-CHECKED = {"u8_planes", "u8_cols", "u16_planes", "u16_cols", "u32_planes", "u32_cols",
-           "float_cols", "float_planes"}
+CHECKED = {"u8_planes", "u8_cols", "u8_words", "u8_rgb", "u16_planes", "u16_cols", "u32_planes",
+           "u32_cols", "float_cols", "float_planes"}
 
 
 @pytest.fixture(scope="module")

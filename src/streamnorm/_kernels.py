@@ -180,6 +180,156 @@ def u8_cols(x, xor, s, q, q1, q2, mn, mx):
             mx[j] = hi[j]
 
 
+# Pixels of 1, 2, 3 or 4 interleaved 8-bit channels (NHWC images): read as
+# uint32 words, a channel is a byte position, taken out with a shift and a
+# mask in 32-bit lanes. The loops are plain reductions into registers, with
+# no per-column partials to load and store for every value (u8_cols' bound).
+
+@_jit
+def u8_words(w, x32, s, q, mn, mx):
+    """1-D uint32 words -> per byte position (4) sum, sum of squares, min, max of ``byte ^ xor``.
+
+    ``x32`` is the 8-bit xor repeated in every byte. Position ``b`` holds
+    channel ``b % F`` of ``F`` = 1, 2 or 4 interleaved channels: the caller
+    folds positions into channels.
+    """
+    n = w.shape[0]
+    m8 = np.uint32(255)
+    s8 = np.uint32(8)
+    s16 = np.uint32(16)
+    s24 = np.uint32(24)
+    l0 = np.uint32(255)
+    l1 = np.uint32(255)
+    l2 = np.uint32(255)
+    l3 = np.uint32(255)
+    h0 = np.uint32(0)
+    h1 = np.uint32(0)
+    h2 = np.uint32(0)
+    h3 = np.uint32(0)
+    i0 = 0
+    while i0 < n:
+        i1 = min(n, i0 + PLANE_CHUNK_8BIT)  # uint32 sums of <= 65536 values < 2**32
+        chunk = w[i0:i1]
+        a0 = np.uint32(0)
+        a1 = np.uint32(0)
+        a2 = np.uint32(0)
+        a3 = np.uint32(0)
+        b0 = np.uint32(0)
+        b1 = np.uint32(0)
+        b2 = np.uint32(0)
+        b3 = np.uint32(0)
+        for i in range(chunk.shape[0]):
+            u = np.uint32(chunk[i] ^ x32)
+            v0 = np.uint32(u & m8)
+            v1 = np.uint32((u >> s8) & m8)
+            v2 = np.uint32((u >> s16) & m8)
+            v3 = np.uint32(u >> s24)
+            a0 = np.uint32(a0 + v0)
+            a1 = np.uint32(a1 + v1)
+            a2 = np.uint32(a2 + v2)
+            a3 = np.uint32(a3 + v3)
+            b0 = np.uint32(b0 + np.uint32(v0 * v0))
+            b1 = np.uint32(b1 + np.uint32(v1 * v1))
+            b2 = np.uint32(b2 + np.uint32(v2 * v2))
+            b3 = np.uint32(b3 + np.uint32(v3 * v3))
+            l0 = min(l0, v0)
+            l1 = min(l1, v1)
+            l2 = min(l2, v2)
+            l3 = min(l3, v3)
+            h0 = max(h0, v0)
+            h1 = max(h1, v1)
+            h2 = max(h2, v2)
+            h3 = max(h3, v3)
+        s[0] += np.int64(a0)
+        s[1] += np.int64(a1)
+        s[2] += np.int64(a2)
+        s[3] += np.int64(a3)
+        q[0] += np.int64(b0)
+        q[1] += np.int64(b1)
+        q[2] += np.int64(b2)
+        q[3] += np.int64(b3)
+        i0 = i1
+    mn[0], mn[1], mn[2], mn[3] = l0, l1, l2, l3
+    mx[0], mx[1], mx[2], mx[3] = h0, h1, h2, h3
+
+
+@_jit
+def _rgb_sum(a, b, c, d):
+    return np.uint32(np.uint32(a + b) + np.uint32(c + d))
+
+
+@_jit
+def _rgb_sq(a, b, c, d):
+    return np.uint32(np.uint32(np.uint32(a * a) + np.uint32(b * b)) + np.uint32(np.uint32(c * c) + np.uint32(d * d)))
+
+
+@_jit
+def u8_rgb(w, x32, s, q, mn, mx):
+    """1-D uint32 words of RGB pixels -> per channel (3) sum, sum of squares, min, max of ``byte ^ xor``.
+
+    Three words hold four pixels, ``RGBR GBRG BRGB`` (bytes in memory order),
+    so each channel is four fixed byte positions of every three words.
+    """
+    n = w.shape[0] // 3
+    m8 = np.uint32(255)
+    s8 = np.uint32(8)
+    s16 = np.uint32(16)
+    s24 = np.uint32(24)
+    lr = np.uint32(255)
+    lg = np.uint32(255)
+    lb = np.uint32(255)
+    hr = np.uint32(0)
+    hg = np.uint32(0)
+    hb = np.uint32(0)
+    g0 = 0
+    while g0 < n:
+        g1 = min(n, g0 + 16384)  # 4 squares a group: 16384 groups keep uint32 sums < 2**32
+        chunk = w[3 * g0 : 3 * g1]
+        ar = np.uint32(0)
+        ag = np.uint32(0)
+        ab = np.uint32(0)
+        br = np.uint32(0)
+        bg = np.uint32(0)
+        bb = np.uint32(0)
+        for g in range(g1 - g0):
+            u = np.uint32(chunk[3 * g] ^ x32)
+            v = np.uint32(chunk[3 * g + 1] ^ x32)
+            t = np.uint32(chunk[3 * g + 2] ^ x32)
+            r0 = np.uint32(u & m8)
+            r1 = np.uint32(u >> s24)
+            r2 = np.uint32((v >> s16) & m8)
+            r3 = np.uint32((t >> s8) & m8)
+            g0_ = np.uint32((u >> s8) & m8)
+            g1_ = np.uint32(v & m8)
+            g2_ = np.uint32(v >> s24)
+            g3_ = np.uint32((t >> s16) & m8)
+            c0 = np.uint32((u >> s16) & m8)
+            c1 = np.uint32((v >> s8) & m8)
+            c2 = np.uint32(t & m8)
+            c3 = np.uint32(t >> s24)
+            ar = np.uint32(ar + _rgb_sum(r0, r1, r2, r3))
+            ag = np.uint32(ag + _rgb_sum(g0_, g1_, g2_, g3_))
+            ab = np.uint32(ab + _rgb_sum(c0, c1, c2, c3))
+            br = np.uint32(br + _rgb_sq(r0, r1, r2, r3))
+            bg = np.uint32(bg + _rgb_sq(g0_, g1_, g2_, g3_))
+            bb = np.uint32(bb + _rgb_sq(c0, c1, c2, c3))
+            lr = min(lr, min(min(r0, r1), min(r2, r3)))
+            lg = min(lg, min(min(g0_, g1_), min(g2_, g3_)))
+            lb = min(lb, min(min(c0, c1), min(c2, c3)))
+            hr = max(hr, max(max(r0, r1), max(r2, r3)))
+            hg = max(hg, max(max(g0_, g1_), max(g2_, g3_)))
+            hb = max(hb, max(max(c0, c1), max(c2, c3)))
+        s[0] += np.int64(ar)
+        s[1] += np.int64(ag)
+        s[2] += np.int64(ab)
+        q[0] += np.int64(br)
+        q[1] += np.int64(bg)
+        q[2] += np.int64(bb)
+        g0 = g1
+    mn[0], mn[1], mn[2] = lr, lg, lb
+    mx[0], mx[1], mx[2] = hr, hg, hb
+
+
 @_jit
 def u8_hist_planes(x, xor, hist):
     """(O, F, I) uint8 -> hist[f, x ^ xor] += 1."""

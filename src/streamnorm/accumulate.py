@@ -27,6 +27,7 @@ import numpy as np
 from . import _kernels as K
 from . import _masked_kernels as MK
 from . import _masks
+from ._int_moments import grouping, int_moments
 from ._sparse import is_sparse, update_sparse
 from .batch import Key, pick
 from .distribution import (
@@ -52,9 +53,6 @@ FLOAT_KIND = "float"
 # Below this many bytes a batch is reduced on the calling thread: thread
 # hand-off costs more than it saves.
 MIN_PARALLEL_BYTES = 1 << 20
-# Column layouts with few features are reduced as rows of about this many
-# lanes (k rows side by side), so the vectorized inner loop is long enough.
-TARGET_LANES = {1: 384, 2: 128, 4: 128, 8: 64}
 # Values per feature that pending int64 sums may absorb before they are
 # flushed into exact Python integers (see the overflow notes in _kernels).
 PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
@@ -65,12 +63,6 @@ PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
 HUGE = 2.0 ** 1000
 SCALE_BITS = 64
 _HALF_MAX = float(np.finfo(np.float64).max) * 0.5
-
-_INT_KERNELS = {
-    1: (K.u8_planes, K.u8_cols),
-    2: (K.u16_planes, K.u16_cols),
-    4: (K.u32_planes, K.u32_cols),
-}
 
 
 BFLOAT16 = "bfloat16"
@@ -289,13 +281,6 @@ def _rebinned(hist: np.ndarray, dtype: np.dtype, offset: int) -> np.ndarray:
 def _split_rows(n_rows: int, parts: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, n_rows, parts + 1).astype(np.int64)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def _grouping(n_rows: int, n_feat: int, itemsize: int) -> int:
-    """Rows reduced side by side in the column kernels (1 = no grouping)."""
-    lanes = TARGET_LANES.get(itemsize, 64)
-    k = max(1, lanes // max(1, n_feat))
-    return k if k > 1 and n_rows >= 4 * k else 1
 
 
 class StatsAccumulator:
@@ -772,7 +757,7 @@ class StatsAccumulator:
             if self._pending_dtype != dtype or self._pending_values + values > limit:
                 self._flush()
                 self._pending_dtype = dtype
-            results = self._run(self._parts(piece), lambda x: self._int_task(x, xor))
+            results = self._run(self._parts(piece), lambda x: int_moments(x, xor))
             for s, q0, q1, q2, lo, hi in results:
                 a["p_s"] += s
                 a["p_q0"] += q0
@@ -804,35 +789,6 @@ class StatsAccumulator:
         if skip is not None:  # the skipped values were counted as 0s
             hist[:, -offset] -= skip.masked
             a["count"] -= skip.masked
-
-    @staticmethod
-    def _int_task(x: np.ndarray, xor: np.integer) -> tuple[np.ndarray, ...]:
-        planes, cols = _INT_KERNELS[x.dtype.itemsize]
-        n_outer, n_feat, n_inner = x.shape
-        umax = np.iinfo(x.dtype).max
-        out = [np.zeros(n_feat, np.int64) for _ in range(4)]
-        lo = np.full(n_feat, umax, np.int64)
-        hi = np.zeros(n_feat, np.int64)
-        if n_inner > 1:
-            planes(x, xor, *out, lo, hi)
-            return (*out, lo, hi)
-        x2 = x[:, :, 0]
-        k = _grouping(n_outer, n_feat, x.dtype.itemsize)
-        main = (n_outer // k) * k
-        if k > 1:
-            width = k * n_feat
-            lanes = [np.zeros(width, np.int64) for _ in range(4)]
-            llo = np.full(width, umax, np.int64)
-            lhi = np.zeros(width, np.int64)
-            cols(x2[:main].reshape(main // k, width), xor, *lanes, llo, lhi)
-            out = [lane.reshape(k, n_feat).sum(axis=0) for lane in lanes]
-            lo = llo.reshape(k, n_feat).min(axis=0)
-            hi = lhi.reshape(k, n_feat).max(axis=0)
-        else:
-            main = 0
-        if main < n_outer:
-            cols(x2[main:], xor, *out, lo, hi)
-        return (*out, lo, hi)
 
     @staticmethod
     def _hist_task(x: np.ndarray, xor: np.integer) -> np.ndarray:
@@ -964,7 +920,7 @@ class StatsAccumulator:
             return (*out, bad)
         x2 = x[:, :, 0]
         keep2 = None if keep is None else keep[:, :, 0]
-        k = _grouping(n_outer, n_feat, 8)
+        k = grouping(n_outer, n_feat, 8)
         main = (n_outer // k) * k if k > 1 else 0
         bad = -1
         if main:

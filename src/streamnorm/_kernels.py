@@ -541,6 +541,19 @@ def _corrected_m2(acc, comp, n):
 
 
 @_jit
+def _centred_mean(centre, k, comp, n):
+    """The mean about ``k`` from the M2 pass about ``centre``: ``(centre - k) + comp / n``.
+
+    The M2 pass takes ``d = x - centre`` with ``centre = k + mean``, rounded
+    once: one subtraction a value instead of two. The rounding moves every
+    ``d`` by the same amount, which the corrected M2 (``acc - comp**2/n``)
+    removes and the mean gets back here. ``centre - k`` is exact or nearly
+    (the two are close), and ``comp / n`` corrects the first pass's mean.
+    """
+    return (centre - k) + comp / n
+
+
+@_jit
 def _merge_range(lo, hi, new_lo, new_hi):
     """Merge two (min, max) ranges; a NaN on either side (propagate) wins."""
     if np.isnan(new_lo) or np.isnan(lo):
@@ -579,20 +592,20 @@ def _careful_span(v, k, policy):
             hi = y
     if n == 0:
         return 0.0, nonfinite, 0.0, 0.0, lo, hi, 0
-    mean = total / n
+    centre = k + total / n
     acc = 0.0
     comp = 0.0
     for i in range(v.shape[0]):
         y = np.float64(v[i])
         if policy == POLICY_OMIT and not np.isfinite(y):
             continue
-        d = (y - k) - mean
+        d = y - centre
         acc += d * d
         comp += d
     if saw_nan:
         lo = np.nan
         hi = np.nan
-    return float(n), nonfinite, mean + comp / n, _corrected_m2(acc, comp, n), lo, hi, 0
+    return float(n), nonfinite, _centred_mean(centre, k, comp, n), _corrected_m2(acc, comp, n), lo, hi, 0
 
 
 @_jit
@@ -611,6 +624,7 @@ def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
     n_rows, width = x.shape
     block = max(8, FLOAT_CHUNK_BYTES // max(1, width * x.itemsize))
     total = np.empty(width)
+    centre = np.empty(width)
     acc = np.empty(width)
     comp = np.empty(width)
     lo = np.empty_like(x[0])
@@ -659,6 +673,7 @@ def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
         finite = True
         for j in range(width):
             total[j] = total[j] / nb
+            centre[j] = k[j] + total[j]
             acc[j] = 0.0
             comp[j] = 0.0
             if not np.isfinite(total[j]):
@@ -671,25 +686,24 @@ def float_cols(x, k, n, nonfinite, mean, m2, mn, mx, policy):
                 a2 = rows[r + 2]
                 a3 = rows[r + 3]
                 for j in range(width):
-                    c = k[j]
-                    t = total[j]
-                    d0 = (np.float64(a0[j]) - c) - t
-                    d1 = (np.float64(a1[j]) - c) - t
-                    d2 = (np.float64(a2[j]) - c) - t
-                    d3 = (np.float64(a3[j]) - c) - t
+                    ct = centre[j]
+                    d0 = np.float64(a0[j]) - ct
+                    d1 = np.float64(a1[j]) - ct
+                    d2 = np.float64(a2[j]) - ct
+                    d3 = np.float64(a3[j]) - ct
                     acc[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
                     comp[j] += (d0 + d1) + (d2 + d3)
                 r += 4
             while r < nb:
                 a0 = rows[r]
                 for j in range(width):
-                    d = (np.float64(a0[j]) - k[j]) - total[j]
+                    d = np.float64(a0[j]) - centre[j]
                     acc[j] += d * d
                     comp[j] += d
                 r += 1
             for j in range(width):
                 cm2 = _corrected_m2(acc[j], comp[j], nb)
-                cm = total[j] + comp[j] / nb
+                cm = _centred_mean(centre[j], k[j], comp[j], nb)
                 n[j], mean[j], m2[j] = _chan(n[j], mean[j], m2[j], float(nb), cm, cm2)
                 v = np.float64(lo[j])
                 mn[j] = v if v < mn[j] else mn[j]  # a NaN already in mn (propagate) stays

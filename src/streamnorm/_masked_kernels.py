@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import FLOAT_CHUNK_BYTES, PLANE_LANES, _chan, _corrected_m2, _jit, _merge_range
+from ._kernels import FLOAT_CHUNK_BYTES, PLANE_LANES, _centred_mean, _chan, _corrected_m2, _jit, _merge_range
 
 __all__ = ["first_kept_finite", "masked_float_cols", "masked_float_planes", "neutralize_float",
            "neutralize_int", "scan_float"]
@@ -158,17 +158,17 @@ def masked_float_cols(x, keep, k, n, mean, m2, mn, mx):
                 lo[j] = y if (kept and y < lo[j]) else lo[j]
                 hi[j] = y if (kept and y > hi[j]) else hi[j]
         for j in range(width):
-            total[j] = total[j] / cnt[j] if cnt[j] > 0 else 0.0
+            total[j] = k[j] + total[j] / cnt[j] if cnt[j] > 0 else k[j]  # the centre of the M2 pass
         for r in range(r0, r1):
             for j in range(width):
                 kept = keep[r, j] != 0
-                d = (np.float64(x[r, j]) - k[j]) - total[j]
+                d = np.float64(x[r, j]) - total[j]
                 acc[j] += d * d if kept else 0.0
                 comp[j] += d if kept else 0.0
         for j in range(width):
             if cnt[j] > 0:
                 cm2 = _corrected_m2(acc[j], comp[j], cnt[j])
-                cm = total[j] + comp[j] / cnt[j]
+                cm = _centred_mean(total[j], k[j], comp[j], cnt[j])
                 n[j], mean[j], m2[j] = _chan(n[j], mean[j], m2[j], cnt[j], cm, cm2)
                 mn[j] = lo[j]
                 mx[j] = hi[j]

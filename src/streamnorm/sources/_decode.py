@@ -264,19 +264,8 @@ def reduce_images(images: Iterable[tuple[str, np.ndarray]], histogram: bool, nan
     acc = StatsAccumulator(layout="NHWC", feature_names=feature_names,
                            histogram=histogram, nan_policy=nan_policy, ignore_value=ignore_value)
     n = 0
-    pending: list[np.ndarray] = []
-    pending_bytes = 0
-
-    def flush() -> None:
-        nonlocal pending_bytes
-        if pending:
-            acc.update(pending[0][None] if len(pending) == 1 else np.stack(pending))
-            pending.clear()
-            pending_bytes = 0
-
+    stack = _Stack(acc)
     first: tuple[str, np.ndarray] | None = None
-    # Images of one size are reduced a stack at a time: one kernel call per
-    # stack instead of per image (the per-call cost dominates small images).
     for where, image in images:
         if first is None:
             first = (where, image)
@@ -284,15 +273,49 @@ def reduce_images(images: Iterable[tuple[str, np.ndarray]], histogram: bool, nan
             raise mixed_bit_depths(first[0], first[1].dtype, where, image.dtype)
         elif image.shape[2] != first[1].shape[2]:
             raise mixed_channels(first[0], first[1].shape[2], where, image.shape[2])
-        if pending and image.shape != pending[0].shape:
-            flush()
-        pending.append(image)
-        pending_bytes += image.nbytes
+        stack.add(image)
         n += 1
-        if pending_bytes >= IMAGE_STACK_BYTES:
-            flush()
-    flush()
+    stack.flush()
     return ((acc.result(),) if n else ()), n
+
+
+class _Stack:
+    """Images of one size, copied into one reused buffer and reduced a stack at a time.
+
+    One kernel call per stack instead of per image (the per-call cost
+    dominates small images). Each image is copied as soon as it is decoded,
+    while it is still in the CPU cache, into a buffer that is allocated once:
+    stacking a list of images afterwards would read them back from memory
+    and fault in the pages of a new buffer for every stack.
+    """
+
+    def __init__(self, acc: Any) -> None:
+        self.acc = acc
+        self.buffer: np.ndarray | None = None
+        self.size = 0
+
+    def add(self, image: np.ndarray) -> None:
+        buffer = self.buffer
+        if buffer is not None and self.size and buffer.shape[1:] != image.shape:
+            self.flush()
+        if self.size == 0 and (buffer is None or buffer.shape[1:] != image.shape
+                               or buffer.dtype != image.dtype):
+            rows = IMAGE_STACK_BYTES // max(1, image.nbytes)
+            if rows <= 1:  # a large image is a stack by itself: no copy
+                self.acc.update(image[None])
+                return
+            buffer = self.buffer = np.empty((rows, *image.shape), image.dtype)
+        assert buffer is not None
+        buffer[self.size] = image
+        self.size += 1
+        if self.size == buffer.shape[0]:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.size:
+            assert self.buffer is not None
+            self.acc.update(self.buffer[:self.size])
+            self.size = 0
 
 
 def mixed_channels(where_a: str, c_a: int, where_b: str, c_b: int) -> SourceError:

@@ -77,6 +77,7 @@ from .sources import (
     open_source,
     shard_digest,
 )
+from .sources._jpeg import image_decoder
 from .sources.base import json_number
 from .stats import Stats
 
@@ -166,7 +167,12 @@ class RunResult:
     seconds: float
 
     def summary(self) -> dict[str, Any]:
-        """JSON-safe description of the run (stored with the statistics)."""
+        """JSON-safe description of the run (stored with the statistics).
+
+        Sources that decode images name the decoder (``"decoder"``: see
+        :func:`~streamnorm.sources._jpeg.image_decoder`) of this process;
+        Dask workers are expected to have the same packages.
+        """
         return {
             "kind": self.source.kind,
             "layout": self.source.layout,
@@ -175,6 +181,8 @@ class RunResult:
             "rows": self.rows,
             "bytes": self.nbytes,
             "skipped": len(self.skipped),
+            # JPEG pixels, hence exact statistics and quantiles, depend on the decoder
+            **({"decoder": image_decoder()} if self.source.decodes else {}),
             **({} if self.source.nodata is None else {
                 "nodata": json_number(self.source.nodata), "nodata_attribute": self.source.nodata_attribute}),
         }

@@ -2,9 +2,11 @@
 
 Images are decoded to ``(H, W, C)`` arrays, uint8 or uint16 for 16-bit images,
 sample for sample: 16-bit PNGs by :mod:`streamnorm._png` (exact for every
-colour type), everything else by Pillow. :func:`reduce_images` reduces a run
-of decoded images to one partial, stacking images of one size so that the
-kernels are called once per stack instead of once per image.
+colour type), JPEGs by simplejpeg when it is installed and gives Pillow's
+pixels (:mod:`streamnorm.sources._jpeg`), everything else by Pillow.
+:func:`reduce_images` reduces a run of decoded images to one partial,
+stacking images of one size so that the kernels are called once per stack
+instead of once per image.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from ..errors import StreamnormError
 from ..stats import Stats
 from . import tiff
+from ._jpeg import decode_jpeg
 from .base import BadRecordError, ShardResult, Source, SourceError, one_line
 
 IMAGE_FORMATS = "PNG, JPEG, BMP, GIF, WebP, TIFF"
@@ -191,6 +194,9 @@ def _decode_single(data: bytes, mode: str, where: str) -> np.ndarray:
     info = png_info(data)
     if info is not None and info.bit_depth == 16:
         return _decode_png16(data, mode, where)
+    fast = decode_jpeg(data, _max_pixels())
+    if fast is not None:
+        return convert_channels(fast, mode, where)
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format not in _PIL_FORMATS:

@@ -74,3 +74,19 @@ def test_stacks_of_mixed_sizes_give_exact_statistics(monkeypatch, stack_bytes):
     np.testing.assert_array_equal(parts[0].min, expected.min)
     np.testing.assert_array_equal(parts[0].max, expected.max)
     np.testing.assert_array_equal(parts[0].mean, expected.mean)
+
+
+@pytest.mark.parametrize("n_feat", [1, 2, 3, 4, 7, 17])
+@pytest.mark.parametrize("n_rows", [1, 15, 16, 17, 1001])
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_histograms_counted_in_lanes_are_exact(n_feat, n_rows, dtype):
+    rng = np.random.default_rng(n_feat * 1000 + n_rows)
+    full = rng.integers(-128 if dtype == "int8" else 0, 128 if dtype == "int8" else 256,
+                        (n_rows, 2 * n_feat), dtype=dtype)
+    full[: n_rows // 2] = full[0]  # runs of one value, as in flat image areas
+    offset = 128 if dtype == "int8" else 0
+    for batch in (np.ascontiguousarray(full[:, :n_feat]), full[:, ::2]):  # rows side by side, strided
+        hist = sn.compute_stats([batch], layout="NF", histogram=True).histogram
+        expected = np.stack([np.bincount(batch[:, f].astype(np.int64) + offset, minlength=256)
+                             for f in range(n_feat)])
+        np.testing.assert_array_equal(hist, expected)

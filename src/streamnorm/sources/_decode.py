@@ -301,27 +301,27 @@ class _Stack:
         self.size = 0
 
     def add(self, image: np.ndarray) -> None:
+        """Copy ``image`` into the stack; reduce the stack when full or when the size changes."""
         buffer = self.buffer
-        if buffer is not None and self.size and buffer.shape[1:] != image.shape:
+        fits = buffer is not None and buffer.shape[1:] == image.shape and buffer.dtype == image.dtype
+        if self.size and not fits:
             self.flush()
-        if self.size == 0 and (buffer is None or buffer.shape[1:] != image.shape
-                               or buffer.dtype != image.dtype):
+        if buffer is None or not fits:
             rows = IMAGE_STACK_BYTES // max(1, image.nbytes)
             if rows <= 1:  # a large image is a stack by itself: no copy
                 self.acc.update(image[None])
                 return
             buffer = self.buffer = np.empty((rows, *image.shape), image.dtype)
-        assert buffer is not None
         buffer[self.size] = image
         self.size += 1
         if self.size == buffer.shape[0]:
             self.flush()
 
     def flush(self) -> None:
-        if self.size:
-            assert self.buffer is not None
+        """Reduce the images in the stack, if any."""
+        if self.size and self.buffer is not None:
             self.acc.update(self.buffer[:self.size])
-            self.size = 0
+        self.size = 0
 
 
 def mixed_channels(where_a: str, c_a: int, where_b: str, c_b: int) -> SourceError:

@@ -481,6 +481,19 @@ def _load_splits(root: str, splits: Sequence[str] | None, so: Any) -> dict[str, 
     return {name: loaded[name] for name in splits}
 
 
+def _decoders(root: str, splits: Sequence[str], so: Any) -> dict[str, str]:
+    """The image decoder stored with each split that has one (files of older versions have none)."""
+    from .store import StatsStore
+
+    store = StatsStore(root, so)
+    out = {}
+    for name in splits:
+        source = store.metadata(name).get("source")
+        if isinstance(source, dict) and isinstance(source.get("decoder"), str):
+            out[name] = source["decoder"]
+    return out
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from . import report
 
@@ -492,9 +505,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
         for name, rows in per_split.items():
             for row, count in zip(rows, loaded[name].masked_count.tolist()):
                 row["masked_count"] = count
+    decoders = _decoders(args.root, list(loaded), args.storage_options)
     if args.format == "json":
         _out(report.to_json({
-            name: {"layout": loaded[name].layout, "dtype": loaded[name].dtype, "features": rows}
+            name: {"layout": loaded[name].layout, "dtype": loaded[name].dtype,
+                   **({"decoder": decoders[name]} if name in decoders else {}),
+                   "features": rows}
             for name, rows in per_split.items()
         }))
         return 0
@@ -511,8 +527,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         stats = loaded[name]
         if i:
             _out()
+        decoded = f", decoded by {decoders[name]}" if name in decoders else ""
         _out(f"split {name}: {_count(stats.n_features, 'feature')}, layout {stats.layout}, "
-             f"dtype {stats.dtype}")
+             f"dtype {stats.dtype}{decoded}")
         _out(report.format_table(rows))
     return 0
 

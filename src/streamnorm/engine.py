@@ -6,10 +6,15 @@ and merges the partials:
 
 ``local`` (default)
     This machine. Parquet and ``.npy`` shards run on threads (pyarrow and the
-    numba kernels release the GIL); image decoding holds the GIL in Pillow, so
-    image shards run in a process pool (unless ``workers`` is left out and
-    there are less than 128 MiB of images: then they are decoded inline).
-    ``workers=1`` runs inline.
+    numba kernels release the GIL), and so do image files of 16 KiB or more
+    on average: Pillow releases the GIL while it decodes, so their shards
+    need no worker processes (whose start-up, about a second each for the
+    interpreter, numba and its kernels, costs more than a pass over
+    thousands of images). Smaller images spend most of their time in
+    Python, holding the GIL: their shards run in a process pool (unless
+    ``workers`` is left out and there are less than 128 MiB of them: then
+    they are decoded inline), as do other sources that decode (WebDataset
+    shards, Parquet image columns). ``workers=1`` runs inline.
 ``dask``
     Dask distributed: ``scheduler="tcp://host:port"`` (or a
     ``distributed.Client``) for an existing cluster, otherwise a
@@ -72,6 +77,7 @@ from .sources import (
     open_source,
     shard_digest,
 )
+from .sources._jpeg import image_decoder
 from .sources.base import json_number
 from .stats import Stats
 
@@ -161,7 +167,12 @@ class RunResult:
     seconds: float
 
     def summary(self) -> dict[str, Any]:
-        """JSON-safe description of the run (stored with the statistics)."""
+        """JSON-safe description of the run (stored with the statistics).
+
+        Sources that decode images name the decoder (``"decoder"``: see
+        :func:`~streamnorm.sources._jpeg.image_decoder`) of this process;
+        Dask workers are expected to have the same packages.
+        """
         return {
             "kind": self.source.kind,
             "layout": self.source.layout,
@@ -170,6 +181,8 @@ class RunResult:
             "rows": self.rows,
             "bytes": self.nbytes,
             "skipped": len(self.skipped),
+            # JPEG pixels, hence exact statistics and quantiles, depend on the decoder
+            **({"decoder": image_decoder()} if self.source.decodes else {}),
             **({} if self.source.nodata is None else {
                 "nodata": json_number(self.source.nodata), "nodata_attribute": self.source.nodata_attribute}),
         }
@@ -831,7 +844,7 @@ def compute(
             if engine == "dask":
                 _run_dask(pending, workers, scheduler, kwargs, on_result)
             else:
-                heavy = source.decodes
+                heavy = source.holds_gil
                 n_workers = workers or os.cpu_count() or 1
                 small = sum(s.nbytes for s in pending) < PROCESS_POOL_MIN_BYTES
                 if heavy and small and workers is None:

@@ -2,9 +2,11 @@
 
 Images are decoded to ``(H, W, C)`` arrays, uint8 or uint16 for 16-bit images,
 sample for sample: 16-bit PNGs by :mod:`streamnorm._png` (exact for every
-colour type), everything else by Pillow. :func:`reduce_images` reduces a run
-of decoded images to one partial, stacking images of one size so that the
-kernels are called once per stack instead of once per image.
+colour type), JPEGs by simplejpeg when it is installed and gives Pillow's
+pixels (:mod:`streamnorm.sources._jpeg`), everything else by Pillow.
+:func:`reduce_images` reduces a run of decoded images to one partial,
+stacking images of one size so that the kernels are called once per stack
+instead of once per image.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from ..errors import StreamnormError
 from ..stats import Stats
 from . import tiff
+from ._jpeg import decode_jpeg
 from .base import BadRecordError, ShardResult, Source, SourceError, one_line
 
 IMAGE_FORMATS = "PNG, JPEG, BMP, GIF, WebP, TIFF"
@@ -191,6 +194,9 @@ def _decode_single(data: bytes, mode: str, where: str) -> np.ndarray:
     info = png_info(data)
     if info is not None and info.bit_depth == 16:
         return _decode_png16(data, mode, where)
+    fast = decode_jpeg(data, _max_pixels())
+    if fast is not None:
+        return convert_channels(fast, mode, where)
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format not in _PIL_FORMATS:
@@ -264,19 +270,8 @@ def reduce_images(images: Iterable[tuple[str, np.ndarray]], histogram: bool, nan
     acc = StatsAccumulator(layout="NHWC", feature_names=feature_names,
                            histogram=histogram, nan_policy=nan_policy, ignore_value=ignore_value)
     n = 0
-    pending: list[np.ndarray] = []
-    pending_bytes = 0
-
-    def flush() -> None:
-        nonlocal pending_bytes
-        if pending:
-            acc.update(pending[0][None] if len(pending) == 1 else np.stack(pending))
-            pending.clear()
-            pending_bytes = 0
-
+    stack = _Stack(acc)
     first: tuple[str, np.ndarray] | None = None
-    # Images of one size are reduced a stack at a time: one kernel call per
-    # stack instead of per image (the per-call cost dominates small images).
     for where, image in images:
         if first is None:
             first = (where, image)
@@ -284,15 +279,49 @@ def reduce_images(images: Iterable[tuple[str, np.ndarray]], histogram: bool, nan
             raise mixed_bit_depths(first[0], first[1].dtype, where, image.dtype)
         elif image.shape[2] != first[1].shape[2]:
             raise mixed_channels(first[0], first[1].shape[2], where, image.shape[2])
-        if pending and image.shape != pending[0].shape:
-            flush()
-        pending.append(image)
-        pending_bytes += image.nbytes
+        stack.add(image)
         n += 1
-        if pending_bytes >= IMAGE_STACK_BYTES:
-            flush()
-    flush()
+    stack.flush()
     return ((acc.result(),) if n else ()), n
+
+
+class _Stack:
+    """Images of one size, copied into one reused buffer and reduced a stack at a time.
+
+    One kernel call per stack instead of per image (the per-call cost
+    dominates small images). Each image is copied as soon as it is decoded,
+    while it is still in the CPU cache, into a buffer that is allocated once:
+    stacking a list of images afterwards would read them back from memory
+    and fault in the pages of a new buffer for every stack.
+    """
+
+    def __init__(self, acc: Any) -> None:
+        self.acc = acc
+        self.buffer: np.ndarray | None = None
+        self.size = 0
+
+    def add(self, image: np.ndarray) -> None:
+        """Copy ``image`` into the stack; reduce the stack when full or when the size changes."""
+        buffer = self.buffer
+        fits = buffer is not None and buffer.shape[1:] == image.shape and buffer.dtype == image.dtype
+        if self.size and not fits:
+            self.flush()
+        if buffer is None or not fits:
+            rows = IMAGE_STACK_BYTES // max(1, image.nbytes)
+            if rows <= 1:  # a large image is a stack by itself: no copy
+                self.acc.update(image[None])
+                return
+            buffer = self.buffer = np.empty((rows, *image.shape), image.dtype)
+        buffer[self.size] = image
+        self.size += 1
+        if self.size == buffer.shape[0]:
+            self.flush()
+
+    def flush(self) -> None:
+        """Reduce the images in the stack, if any."""
+        if self.size and self.buffer is not None:
+            self.acc.update(self.buffer[:self.size])
+        self.size = 0
 
 
 def mixed_channels(where_a: str, c_a: int, where_b: str, c_b: int) -> SourceError:

@@ -361,6 +361,14 @@ class Format:
         """Whether reading holds the GIL (decoding in Python/Pillow): shards then run in processes."""
         return False
 
+    def holds_gil(self, source: Source) -> bool:
+        """Whether reading ``source`` holds the GIL most of the time (default: :meth:`decodes`).
+
+        The local engine runs the shards of such a source in processes, and
+        the others on threads of the calling process.
+        """
+        return self.decodes(source.options)
+
     # -- reading -----------------------------------------------------------
     def batches(self, shard: Shard, skip_bad: bool) -> Iterator[np.ndarray]:
         """The shard's batches as numpy arrays in the source's layout."""
@@ -530,6 +538,11 @@ class Source:
     def decodes(self) -> bool:
         """Whether reading holds the GIL (image decoding): shards then run in processes."""
         return self.format.decodes(self.options)
+
+    @property
+    def holds_gil(self) -> bool:
+        """Whether reading holds the GIL most of the time: shards then run in processes."""
+        return self.format.holds_gil(self)
 
     def check(self, results: Mapping[str, ShardResult]) -> None:
         """Refuse shard results that cannot be merged (e.g. images of two bit depths)."""

@@ -31,6 +31,10 @@ from .base import (
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: Image files of at least this many bytes on average are decoded on threads:
+#: Pillow holds the GIL only for its per-file bookkeeping (tens of
+#: microseconds), a small part of decoding a file this large.
+THREAD_MIN_FILE_BYTES = 16 * 2**10
 
 
 class ImageFormat(Format):
@@ -75,6 +79,11 @@ class ImageFormat(Format):
 
     def decodes(self, options: ReadOptions) -> bool:
         return True
+
+    def holds_gil(self, source: Source) -> bool:
+        """Only for small files: Pillow decodes larger ones with the GIL released."""
+        files = sum(len(s.files) for s in source.shards)
+        return source.nbytes < THREAD_MIN_FILE_BYTES * max(1, files)
 
     def batches(self, shard: Shard, skip_bad: bool) -> Iterator[np.ndarray]:
         for _where, image in self.images(shard, skip_bad, skipped=[]):

@@ -456,7 +456,7 @@ def cases() -> list[tuple[str, str, str, tuple, str]]:
     for fdt in (np.float32, np.float64):
         name = np.dtype(fdt).name
         out.append(("float_cols", name, "float_cols", (np.zeros((64, 64), fdt), *moments(64)),
-                    "mean pass and M2 pass"))
+                    "one pass about a guessed centre; mean and M2 passes where the guess is off"))
         out.append(("float_planes", name, "float_cols", (np.zeros((2, 3, 4096), fdt), *moments(3)),
                     "spans reduced by float_cols as (rows, 64 lanes)"))
     return out

@@ -26,7 +26,7 @@ __all__ = ["int_moments", "grouping", "TARGET_LANES"]
 
 # Column layouts with few features are reduced as rows of about this many
 # lanes (k rows side by side), so the vectorized inner loop is long enough.
-TARGET_LANES = {1: 384, 2: 128, 4: 128, 8: 64}
+TARGET_LANES = {1: 384, 2: 64, 4: 128, 8: 64}
 
 _KERNELS = {
     1: (K.u8_planes, K.u8_cols),

@@ -21,8 +21,12 @@ from overflowing:
   three int64 sums whose terms are each < 2**32.
 
 Float kernels accumulate in float64 about a per-feature shift ``k`` (the first
-finite value seen), chunk by chunk: a two-pass mean/M2 per chunk of a few KB
-(the second pass reads from cache), then Chan's merge into the running partial.
+finite value seen), block by block (``FLOAT_CHUNK_BYTES``), each block merged
+into the running partial by Chan's update. A block's M2 is the corrected
+two-pass one (``acc - comp**2/n`` of the deviations from a centre): about the
+previous blocks' mean when that lies near the block's mean (checked per
+column, see :func:`float_cols`), else about the block's own mean from a first
+pass, which then reads the block again from cache.
 No ``fastmath``: it would fold away the non-finite checks. Chan's merge
 (:func:`_chan`, also behind ``stats.chan_merge``) orders its terms so that it
 overflows only where its result does.
@@ -47,7 +51,7 @@ CACHE_ENABLED = True
 
 PLANE_CHUNK_8BIT = 65536
 PLANE_LANES = 64
-FLOAT_CHUNK_BYTES = 32768
+FLOAT_CHUNK_BYTES = 131072  # fits L2 for a fallback second pass; fewer merges than 32 KB
 # float_cols keeps a one-pass block where comp**2/n <= GUESS_SLACK * acc
 GUESS_SLACK = 0.5
 

@@ -60,7 +60,7 @@ HIST_LANES = 16
 # flushed into exact Python integers (see the overflow notes in _kernels).
 PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
 # Float overflow guards. While every |x - shift| < HUGE, a kernel's block sums
-# (at most 2**13 values) stay finite; features beyond are reduced again scaled
+# (at most 2**15 values) stay finite; features beyond are reduced again scaled
 # by 2**-SCALE_BITS. A feature whose range is wider than the largest float64
 # is accumulated about shift 0, so that ``mean - shift`` stays finite.
 HUGE = 2.0 ** 1000

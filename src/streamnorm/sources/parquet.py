@@ -471,11 +471,12 @@ def _column_images(
 class _TableReducer:
     """Per-column statistics of a table's batches, one accumulator per dtype.
 
-    Columns of one dtype are stacked into a ``(features, rows)`` buffer and
-    reduced in one call (layout ``"FN"``): one kernel call per dtype and batch
-    instead of one per column, and a single column is handed over without a
-    copy. Each dtype keeps its own statistics, so integer columns keep their
-    exact sums whatever the other columns hold. Integer columns with nulls
+    Columns of one dtype go to one accumulator (layout ``"FN"``) as a list
+    (:meth:`StatsAccumulator.update_columns`): each column is reduced where
+    Arrow decoded it, never copied into a stacked ``(features, rows)`` buffer,
+    with the same statistics, bit for bit, as that buffer would give. Each
+    dtype keeps its own statistics, so integer columns keep their exact sums
+    whatever the other columns hold. Integer columns with nulls
     (``nan_policy="omit"``) are ragged for that batch: their values are reduced
     column by column and merged exactly.
     """
@@ -491,7 +492,6 @@ class _TableReducer:
         self.accs: dict[np.dtype, Any] = {}
         self.extra: dict[np.dtype, list[Stats]] = {}
         self.nulls = np.zeros(len(self.names), np.int64)
-        self._buffers: dict[np.dtype, np.ndarray] = {}
 
     def _values(self, j: int, col: Any) -> tuple[np.ndarray, bool]:
         """Column ``j`` as numpy; ``True`` when nulls were dropped (ragged)."""
@@ -536,16 +536,7 @@ class _TableReducer:
                 parts = [self._single(self.names[j], a) for j, a in zip(members, arrays)]
                 self.extra[dtype].append(concat_features(parts, "FN"))
                 continue
-            if len(arrays) == 1:
-                stacked = arrays[0].reshape(1, -1)
-            else:
-                buf = self._buffers.get(dtype)
-                if buf is None or buf.shape != (len(arrays), n):
-                    buf = self._buffers[dtype] = np.empty((len(arrays), n), dtype)
-                for row, a in enumerate(arrays):
-                    buf[row] = a
-                stacked = buf
-            self.accs[dtype].update(stacked)
+            self.accs[dtype].update_columns(arrays)
 
     def _single(self, name: str, values: np.ndarray) -> Stats:
         from ..accumulate import StatsAccumulator

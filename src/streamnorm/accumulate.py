@@ -1040,10 +1040,25 @@ class StatsAccumulator:
                     K.first_finite(x, shift[j:j + 1], has_shift[j:j + 1])
 
         def reduce(shift: np.ndarray) -> list:
-            outs = self._run_columns(
-                views, lambda j: self._float_task(views[j], shift[j:j + 1], policy))
-            bad = next((j for j, out in enumerate(outs) if out[-1] >= 0), -1)
-            return [(*(np.concatenate(arrays) for arrays in zip(*(o[:-1] for o in outs))), bad)]
+            width = len(views)
+            out = [np.zeros(width), np.zeros(width, np.int64), np.zeros(width), np.zeros(width),
+                   np.full(width, np.inf), np.full(width, -np.inf)]
+
+            def column(j: int) -> int:
+                x = views[j]
+                if x.dtype.itemsize < 8 and x.shape[2] > 1:
+                    # _float_task's plain case (no float32 value is HUGE away from its shift),
+                    # written straight into this column's slots: no per-column arrays
+                    return K.float_planes(x, shift[j:j + 1], out[0][j:j + 1], out[1][j:j + 1],
+                                          out[2][j:j + 1], out[3][j:j + 1], out[4][j:j + 1],
+                                          out[5][j:j + 1], policy)
+                *part, bad = self._float_task(x, shift[j:j + 1], policy)
+                for slot, value in zip(out, part):
+                    slot[j] = value[0]
+                return bad
+
+            bads = self._run_columns(views, column)
+            return [(*out, next((j for j, bad in enumerate(bads) if bad >= 0), -1))]
 
         self._merge_float(first, reduce, index, None)
 

@@ -285,7 +285,9 @@ def main() -> None:
         "DuckDB avg, stddev_pop, min, max": lambda: run_duckdb(pattern, workers, con),
     }
     cpu: dict[str, float] = {}
+    load_before = os.getloadavg()[0]
     secs, res = interleaved(parquet, repeat, cpu)
+    load_after = os.getloadavg()[0]
     names = list(parquet)
     reads = names[:3]
     ceiling = min(secs[n] for n in reads)
@@ -354,6 +356,7 @@ def main() -> None:
         "versions": {"streamnorm": streamnorm.__version__, "pyarrow": _pyarrow.__version__,
                      "polars": _polars.__version__, "duckdb": _duckdb.__version__,
                      "numpy": np.__version__},
+        "load_average_1min": [round(load_before, 2), round(load_after, 2)],
         "workers": workers, "repeat": repeat, "parquet_mib_values": size_mb,
         "parquet_mib_on_disk": round(on_disk / 2**20), "files": len(files),
         "row_group_rows": ROW_GROUP, "columns": N_COLUMNS, "images": n_images,
@@ -376,6 +379,9 @@ def main() -> None:
         (f"## Parquet: {size_mb} MiB of float32 values ({meta['parquet_mib_on_disk']} MiB on "
          f"disk, snappy, PLAIN), {N_COLUMNS} columns, {len(files)} files, row groups of "
          f"{ROW_GROUP:,} rows"),
+        "",
+        (f"Load average (1 min) before and after these runs: {load_before:.2f}, "
+         f"{load_after:.2f} (other work shared the cores: compare the CPU columns)."),
         "",
         _md_table(rows),
         "",

@@ -6,7 +6,8 @@ off (``read_threads=False``): each contender here does the same over the
 files of ``bench_offline.py`` (generated there; default 2 GiB), one shard of
 ``shard_bytes`` per task, and only decodes the columns to Arrow arrays:
 
-- ``ParquetFile.read_row_group`` per row group, memory_map / pre_buffer on or off;
+- ``ParquetFile.read_row_group`` per row group, memory_map / pre_buffer on or off, all
+  columns at once or a few at a time (what streamnorm does: pieces of about 4 MiB);
 - ``ParquetFile.iter_batches`` over the shard's row groups (one batch per row group);
 - ``pyarrow.dataset`` fragments split by row group, ``to_table`` / ``to_batches``;
 - and, as references that ignore the shards, ``pq.read_table`` and a threaded
@@ -68,6 +69,24 @@ def read_row_group(memory_map: bool, pre_buffer: bool, threads: bool = False):
     return read
 
 
+def read_pieces(memory_map: bool, piece_bytes: int):
+    """Row group by row group, a few columns (about ``piece_bytes`` decoded) at a time."""
+    def read(shard: tuple[str, list[int]]) -> None:
+        import pyarrow.parquet as pq
+
+        path, groups = shard
+        pf = pq.ParquetFile(path, memory_map=memory_map, pre_buffer=False)
+        names = pf.schema_arrow.names
+        widest = max(sum(pf.metadata.row_group(i).column(j).total_uncompressed_size
+                         for j in range(len(names))) for i in groups)
+        width = max(1, min(len(names), len(names) * piece_bytes // max(widest, 1)))
+        for i in groups:
+            for first in range(0, len(names), width):
+                pf.read_row_group(i, columns=names[first:first + width], use_threads=False)
+        pf.close()
+    return read
+
+
 def iter_batches(memory_map: bool, pre_buffer: bool):
     def read(shard: tuple[str, list[int]]) -> None:
         import pyarrow.parquet as pq
@@ -122,6 +141,9 @@ def main() -> None:
     w = args.workers
     contenders = {
         "read_row_group memory_map pre_buffer=False": read_row_group(True, False),
+        "read_row_group memory_map, 1 MiB pieces of columns": read_pieces(True, 1 << 20),
+        "read_row_group memory_map, 4 MiB pieces of columns (streamnorm)": read_pieces(True, 4 << 20),
+        "read_row_group memory_map, 16 MiB pieces of columns": read_pieces(True, 16 << 20),
         "read_row_group memory_map pre_buffer=True": read_row_group(True, True),
         "read_row_group read() pre_buffer=False": read_row_group(False, False),
         "read_row_group read() pre_buffer=True": read_row_group(False, True),
@@ -137,12 +159,18 @@ def main() -> None:
         pq.read_table(f, use_threads=True) for f in files]
     runs["whole files: dataset scan, use_threads"] = lambda: [
         None for f in files for _ in ds.dataset(f, format="parquet").to_batches(use_threads=True)]
-    secs, _ = interleaved(runs, args.repeat)
+    load_before = os.getloadavg()[0]
+    cpu: dict[str, float] = {}
+    secs, _ = interleaved(runs, args.repeat, cpu)
+    load_after = os.getloadavg()[0]
     best = min(secs.values())
     rows = [{"read": name, "seconds": round(t, 3), "MiB/s (values)": round(args.size_mb / t),
-             "x fastest": round(t / best, 2)} for name, t in sorted(secs.items(), key=lambda kv: kv[1])]
+             "x fastest": round(t / best, 2), "CPU s": round(cpu[name], 2),
+             "CPU x least": round(cpu[name] / min(cpu.values()), 2)}
+            for name, t in sorted(secs.items(), key=lambda kv: kv[1])]
     meta = {"machine": f"{describe_cpu()}, {platform.system()}", "python": platform.python_version(),
             "pyarrow": pa.__version__, "memory_pool": pa.default_memory_pool().backend_name,
+            "load_average_1min": [round(load_before, 2), round(load_after, 2)],
             "workers": w, "repeat": args.repeat, "parquet_mib_values": args.size_mb,
             "shards": len(shards), "files": len(files)}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -153,7 +181,8 @@ def main() -> None:
         (f"{meta['machine']}, Python {meta['python']}, pyarrow {meta['pyarrow']} "
          f"({meta['memory_pool']} pool); {args.size_mb} MiB of float32 values, {len(files)} files, "
          f"{len(shards)} shards of about {SHARD_BYTES >> 20} MiB, {w} worker threads; median of "
-         f"{args.repeat} interleaved runs. `python benchmarks/bench_parquet_read.py`"),
+         f"{args.repeat} interleaved runs; load average (1 min) {load_before:.2f} before, "
+         f"{load_after:.2f} after. `python benchmarks/bench_parquet_read.py`"),
         "",
         _md_table(rows),
         "",

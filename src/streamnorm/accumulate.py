@@ -18,7 +18,7 @@ for every caller. A batch that fails leaves the state as it was.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -557,6 +557,127 @@ class StatsAccumulator:
         self._n_batches += 1
         return self
 
+    def update_columns(self, columns: Sequence[Any]) -> StatsAccumulator:
+        """Add one batch given as one 1-D array per feature (table columns).
+
+        The same as :meth:`update` with the columns side by side
+        (``np.column_stack(columns)`` for layout ``"NF"``, ``np.stack(columns)``
+        for ``"FN"``), without building that array: each column is reduced
+        where it lies (e.g. a zero-copy view of an Arrow buffer). Columns of
+        different dtypes are promoted to one, as ``np.column_stack`` does
+        (only the columns whose dtype differs are copied).
+
+        Parameters
+        ----------
+        columns : sequence of 1-D numpy arrays or CPU torch tensors
+            One per feature, all of the same length. A numpy masked array's
+            masked values are skipped.
+
+        Returns
+        -------
+        StatsAccumulator
+            ``self``, so calls can be chained.
+
+        Raises
+        ------
+        LayoutError
+            When the accumulator's layout is not two axes with a feature axis
+            (``"NF"``, ``"FN"``), a column is not 1-D, the columns differ in
+            length, or their count differs from the accumulator's features.
+        DTypeError, NonFiniteError, StreamnormError
+            As :meth:`update` (unsupported dtype, integer after float batches,
+            non-finite value under ``nan_policy="raise"``), or when
+            ``columns`` is not a list or tuple of arrays. The state is
+            unchanged.
+
+        Notes
+        -----
+        Statistics equal those of :meth:`update` on the stacked batch: counts,
+        min, max and integer statistics exactly; float mean and m2 to a few
+        units in the last place (each column is summed in its own order).
+        With ``histogram=True``, ``ignore_value`` or masked columns the
+        columns are stacked (a copy) and passed to :meth:`update`.
+
+        Examples
+        --------
+        >>> import numpy as np, streamnorm as sn
+        >>> a = np.array([1.0, 2.0, 3.0], np.float32)
+        >>> b = np.array([10, 20, 60], np.int16)
+        >>> acc = sn.StatsAccumulator(layout="NF", feature_names=["a", "b"])
+        >>> stats = acc.update_columns([a, b]).result()
+        >>> stats.mean.tolist(), stats.dtype
+        ([2.0, 30.0], 'float32')
+        """
+        index = self._n_batches
+        feature_axis = self._layout.feature_axis
+        if self._layout.ndim != 2 or feature_axis is None:
+            raise LayoutError(
+                f"update_columns needs a two-axis layout with a feature axis, such as 'NF' or "
+                f"'FN'; this accumulator's layout is {self.layout!r}: pass batches to update()"
+            )
+        if not isinstance(columns, (list, tuple)):
+            raise StreamnormError(
+                f"batch {index}: update_columns takes a list or tuple of 1-D arrays, one per "
+                f"feature, got a {type(columns).__name__}; pass a 2-D array to update() instead"
+            )
+        if not columns:
+            raise LayoutError(f"batch {index}: update_columns got no columns")
+        self._check_features(len(columns), index)
+        arrays: list[np.ndarray] = []
+        names = set()
+        for j, col in enumerate(columns):
+            arr, name = _as_array(col, index)
+            if arr.ndim != 1:
+                raise LayoutError(
+                    f"batch {index}: column {j} has shape {tuple(arr.shape)}; update_columns takes "
+                    f"1-D columns, one per feature"
+                )
+            if len(arr) != len(arrays[0] if arrays else arr):
+                raise LayoutError(
+                    f"batch {index}: column {j} has {len(arr)} rows but column 0 has "
+                    f"{len(arrays[0])}; every column needs the same number of rows"
+                )
+            arrays.append(arr)
+            names.add(name)
+        dtype = arrays[0].dtype
+        if any(a.dtype != dtype for a in arrays):
+            try:
+                dtype = np.result_type(*arrays)
+            except TypeError as exc:
+                raise DTypeError(f"batch {index}: columns of dtypes that do not mix: {exc}") from None
+            arrays = [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
+        masked = any(isinstance(c, np.ma.MaskedArray) for c in columns)
+        if masked or self._histogram or self._ignore_value is not None or len(arrays[0]) == 0:
+            if masked:
+                return self.update(np.ma.stack(list(columns), axis=feature_axis))
+            return self.update(np.stack(arrays, axis=feature_axis))
+        name = BFLOAT16 if names == {BFLOAT16} else None  # (bfloat16 columns are held as float32)
+        source_dtype = dtype
+        kinds = [_classify(a, index) for a in arrays]
+        kind = kinds[0][0]
+        views = [np.ascontiguousarray(a).reshape(1, 1, -1) for _, a in kinds]
+        self._check_dtype(kind, source_dtype, index, name)
+        dtype = self._promoted(source_dtype)
+        fresh = self._kind is None
+        if fresh:
+            before = (self._n_features, self._pending_dtype, self._pending_values)
+            self._start(kind, len(views))
+        try:
+            if kind == FLOAT_KIND:
+                self._update_float_columns(views, index)
+            else:
+                self._update_int_columns(views, views[0].dtype)
+        except BaseException:
+            if fresh:  # a failed first batch leaves the accumulator as it was
+                self._kind, self._arrays, self._family, self._dist = None, {}, None, None
+                self._n_features, self._pending_dtype, self._pending_values = before
+            raise
+        self._dtype = dtype
+        self._empty = None
+        self._bfloat16 = name == BFLOAT16 and self._bfloat16 is not False
+        self._n_batches += 1
+        return self
+
     def _neutralized(self, view: np.ndarray, kept: np.ndarray, kind: str, index: int) -> tuple[np.ndarray, _Skip]:
         """``view`` with skipped values replaced by a neutral value, and what to correct.
 
@@ -747,20 +868,47 @@ class StatsAccumulator:
 
     # integers ---------------------------------------------------------
     def _update_int(self, view: np.ndarray, dtype: np.dtype, skip: _Skip | None = None) -> None:
-        a = self._arrays
         size = dtype.itemsize
         unsigned = view.view(np.dtype(f"u{size}"))
         xor = unsigned.dtype.type((1 << (8 * size - 1)) if dtype.kind == "i" else 0)
         n_outer, n_feat, n_inner = unsigned.shape
-        limit = PENDING_LIMIT[size]
-        rows_per_piece = max(1, limit // max(1, n_inner))
-        for r0 in range(0, n_outer, rows_per_piece):
-            piece = unsigned[r0 : r0 + rows_per_piece]
-            values = piece.shape[0] * n_inner
+        rows_per_piece = max(1, PENDING_LIMIT[size] // max(1, n_inner))
+
+        def pieces() -> Iterator[tuple[int, list]]:
+            for r0 in range(0, n_outer, rows_per_piece):
+                piece = unsigned[r0 : r0 + rows_per_piece]
+                yield (piece.shape[0] * n_inner,
+                       lambda: self._run(self._parts(piece), lambda x: int_moments(x, xor)))
+
+        self._merge_int(pieces(), dtype, xor, skip)
+
+    def _update_int_columns(self, views: list[np.ndarray], dtype: np.dtype) -> None:
+        """Like :meth:`_update_int` for one ``(1, 1, rows)`` view per feature."""
+        size = dtype.itemsize
+        unsigned = [v.view(np.dtype(f"u{size}")) for v in views]
+        xor = unsigned[0].dtype.type((1 << (8 * size - 1)) if dtype.kind == "i" else 0)
+        n_rows = views[0].shape[2]
+        step = PENDING_LIMIT[size]
+
+        def pieces() -> Iterator[tuple[int, list]]:
+            for r0 in range(0, n_rows, step):
+                cols = [u[:, :, r0 : r0 + step] for u in unsigned]
+                yield (cols[0].shape[2], lambda: [tuple(
+                    np.concatenate(arrays) for arrays in zip(*self._run_columns(
+                        cols, lambda j: int_moments(cols[j], xor))))])
+
+        self._merge_int(pieces(), dtype, xor, None)
+
+    def _merge_int(self, pieces: Iterable[tuple[int, Any]], dtype: np.dtype, xor: np.integer,
+                   skip: _Skip | None) -> None:
+        """Add an integer batch, given as ``(values per feature, partials thunk)`` pieces."""
+        a = self._arrays
+        limit = PENDING_LIMIT[dtype.itemsize]
+        for values, partials in pieces:
             if self._pending_dtype != dtype or self._pending_values + values > limit:
                 self._flush()
                 self._pending_dtype = dtype
-            results = self._run(self._parts(piece), lambda x: int_moments(x, xor))
+            results = partials()
             for s, q0, q1, q2, lo, hi in results:
                 a["p_s"] += s
                 a["p_q0"] += q0
@@ -838,19 +986,75 @@ class StatsAccumulator:
 
     # floats -----------------------------------------------------------
     def _update_float(self, view: np.ndarray, index: int, skip: _Skip | None = None) -> None:
-        a = self._arrays
-        shift = a["shift"].copy()
-        has_shift = a["has_shift"].copy()
         keep = None if skip is None else skip.keep
-        if not has_shift.all():
+        # NaN path of a mask: the skipped values are NaNs, omitted; kept non-finite ones are settled after
+        policy = NAN_POLICIES["omit" if skip is not None else self._nan_policy]
+        parts = self._parts(view) if keep is None else self._parts(view, keep)
+
+        def first(shift: np.ndarray, has_shift: np.ndarray) -> None:
             if keep is None:
                 K.first_finite(view, shift, has_shift)
             else:
                 MK.first_kept_finite(view, keep, shift, has_shift)
-        # NaN path of a mask: the skipped values are NaNs, omitted; kept non-finite ones are settled after
-        policy = NAN_POLICIES["omit" if skip is not None else self._nan_policy]
-        parts = self._parts(view) if keep is None else self._parts(view, keep)
-        results = self._run(parts, lambda x: self._float_task(x, shift, policy))
+
+        def reduce(shift: np.ndarray) -> list:
+            return self._run(parts, lambda x: self._float_task(x, shift, policy))
+
+        self._merge_float(first, reduce, index, skip)
+
+    def _update_float_columns(self, views: list[np.ndarray], index: int) -> None:
+        """Like :meth:`_update_float` for one ``(1, 1, rows)`` view per feature."""
+        policy = NAN_POLICIES[self._nan_policy]
+
+        def first(shift: np.ndarray, has_shift: np.ndarray) -> None:
+            for j, x in enumerate(views):
+                if not has_shift[j]:
+                    K.first_finite(x, shift[j:j + 1], has_shift[j:j + 1])
+
+        def reduce(shift: np.ndarray) -> list:
+            width = len(views)
+            out = [np.zeros(width), np.zeros(width, np.int64), np.zeros(width), np.zeros(width),
+                   np.full(width, np.inf), np.full(width, -np.inf)]
+
+            def column(j: int) -> int:
+                x = views[j]
+                if x.dtype.itemsize < 8 and x.shape[2] > 1:
+                    # _float_task's plain case (no float32 value is HUGE away from its shift),
+                    # written straight into this column's slots: no per-column arrays
+                    return K.float_planes(x, shift[j:j + 1], out[0][j:j + 1], out[1][j:j + 1],
+                                          out[2][j:j + 1], out[3][j:j + 1], out[4][j:j + 1],
+                                          out[5][j:j + 1], policy)
+                *part, bad = self._float_task(x, shift[j:j + 1], policy)
+                for slot, value in zip(out, part):
+                    slot[j] = value[0]
+                return bad
+
+            bads = self._run_columns(views, column)
+            return [(*out, next((j for j, bad in enumerate(bads) if bad >= 0), -1))]
+
+        self._merge_float(first, reduce, index, None)
+
+    def _run_columns(self, views: list[np.ndarray], worker) -> list:
+        """``worker(j)`` for every column ``j``, in threads when worthwhile; results in order."""
+        if self._threads == 1 or sum(v.nbytes for v in views) < MIN_PARALLEL_BYTES:
+            return [worker(j) for j in range(len(views))]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="streamnorm")
+        return list(self._pool.map(worker, range(len(views))))
+
+    def _merge_float(self, first, reduce, index: int, skip: _Skip | None) -> None:
+        """Reduce a float batch about each feature's shift and merge it into the state.
+
+        ``first(shift, has_shift)`` sets the shift of features that have none
+        yet; ``reduce(shift)`` returns the batch's partials, one
+        ``(n, nonfinite, mean, m2, min, max, bad)`` per part.
+        """
+        a = self._arrays
+        shift = a["shift"].copy()
+        has_shift = a["has_shift"].copy()
+        if not has_shift.all():
+            first(shift, has_shift)
+        results = reduce(shift)
         for *_, bad in results:
             if bad >= 0:
                 raise NonFiniteError(
@@ -867,7 +1071,7 @@ class StatsAccumulator:
         if wide.any():  # about shift 0 from now on: x - shift would overflow
             mean = np.where(wide, mean + shift, mean)
             shift = np.where(wide, 0.0, shift)
-            results = self._run(parts, lambda x: self._float_task(x, shift, policy))
+            results = reduce(shift)
         count, m2, nonfinite = a["count"], a["m2"], a["nan_count"].copy()
         for n, nf, pmean, pm2, *_ in results:
             count, mean, m2 = chan_merge(count, mean, m2, n, pmean, pm2)

@@ -96,6 +96,11 @@ class HFDatasetFormat(ParquetFormat):
         if pending:
             yield _columns(pending)
 
+    def read_pieces(self, shard: Shard, read_threads: bool = True) -> Iterator[tuple[int, list[Any]]]:
+        """All columns at once: a stream's record batches cannot be read a few columns at a time."""
+        for columns in self.read_columns(shard, read_threads=read_threads):
+            yield 0, columns
+
     def first_row(self, shard: Shard) -> int:
         return 0  # one shard per file
 

@@ -19,6 +19,8 @@ compressed). What a file becomes:
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -48,6 +50,13 @@ from .base import (
 )
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+#: Decoded bytes read at a time when reducing numeric columns: a few columns of
+#: a row group (all of them when they are small). Buffers of this size are
+#: reused by Arrow's allocator instead of being faulted in afresh, and the
+#: kernels find them still in cache (see benchmarks/bench_parquet_read.py).
+PIECE_BYTES = 4 * 2**20
+#: Pieces decoded ahead of the reduction by the reader thread.
+PREFETCH_DEPTH = 1
 
 
 class ParquetFormat(Format):
@@ -106,6 +115,15 @@ class ParquetFormat(Format):
                      read_threads: bool = True) -> Iterator[list[Any]]:
         """The shard's selected columns (or ``columns``), one list of Arrow arrays per read."""
         return _table_batches(shard, columns, read_threads)
+
+    def read_pieces(self, shard: Shard, read_threads: bool = True) -> Iterator[tuple[int, list[Any]]]:
+        """The shard's selected columns as ``(index of the first column, Arrow arrays)`` pieces.
+
+        Every row range yields its columns in order, the piece of column 0
+        first; a piece holds some of the columns (the reducer keeps their
+        statistics apart until the end).
+        """
+        return _parquet_pieces(shard, read_threads)
 
     def first_row(self, shard: Shard) -> int:
         """Index in its file of the shard's first row (for messages naming rows)."""
@@ -370,10 +388,144 @@ def _table_batches(
         pf.close()
 
 
+def _parquet_pieces(shard: Shard, read_threads: bool = True) -> Iterator[tuple[int, list[Any]]]:
+    """:meth:`ParquetFormat.read_pieces`: row group by row group, columns about PIECE_BYTES at a time.
+
+    The columns are cut into runs of equal count, the same for every row
+    group of the shard. A row group whose columns decode to more than
+    ``batch_bytes`` is read in record batches, cut where a read of all its
+    columns would cut them (so a column meets the same batches however the
+    columns are cut into runs, and gets the same statistics).
+    """
+    import pyarrow as pa
+
+    names = list(shard.options.columns)
+    position = {name: k for k, name in enumerate(names)}
+    pf = _open_parquet(shard)
+    # A threaded read of an in-memory buffer can abort the interpreter at
+    # exit (apache/arrow #34314), so only files pyarrow opens itself use threads.
+    threaded = read_threads and is_local(fs_of(shard.files[0].url, shard.storage_options)[0])
+    try:
+        meta = pf.metadata
+        sizes = np.zeros((shard.stop - shard.start, len(names)), np.int64)
+        for r, i in enumerate(range(shard.start, shard.stop)):
+            rg = meta.row_group(i)
+            for j in range(rg.num_columns):
+                k = position.get(rg.column(j).path_in_schema.split(".")[0])
+                if k is not None:
+                    sizes[r, k] += rg.column(j).total_uncompressed_size
+        widest = int(sizes.sum(axis=1).max(initial=0))
+        width = max(1, min(len(names), len(names) * PIECE_BYTES // max(widest, 1)))
+        for r, i in enumerate(range(shard.start, shard.stop)):
+            n_rows = meta.row_group(i).num_rows
+            size = int(sizes[r].sum())
+            whole = size <= shard.options.batch_bytes or n_rows <= 1
+            rows = max(1, n_rows * shard.options.batch_bytes // max(size, 1))
+            for first in range(0, len(names), width):
+                cols = names[first:first + width]
+                if whole:
+                    table = pf.read_row_group(i, columns=cols, use_threads=threaded)
+                    yield first, [_combined(table.column(k)) for k in range(table.num_columns)]
+                    continue
+                for rb in pf.iter_batches(batch_size=rows, row_groups=[i], columns=cols,
+                                          use_threads=threaded):
+                    yield first, [rb.column(k) for k in range(rb.num_columns)]
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        if isinstance(exc, StreamnormError):
+            raise
+        raise SourceError(
+            f"{shard.where}: cannot read Parquet data ({one_line(exc)})"
+        ) from exc
+    finally:
+        pf.close()
+
+
+class _Prefetch:
+    """Items of an iterator produced ``depth`` ahead on a reader thread.
+
+    pyarrow decodes without the GIL and the kernels reduce without it, so
+    the next piece is decoded while this one is reduced. Memory stays
+    bounded: the reader waits while ``depth`` items are ready. An exception
+    of the reader (a :class:`SourceError` naming the file) is raised by the
+    consumer's loop, as if the iterator ran there. :meth:`close` (or leaving
+    the ``with`` block, on an error or Ctrl-C too) stops the reader, which
+    closes the iterator (and its file) on its own thread.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], depth: int = PREFETCH_DEPTH) -> None:
+        self._items = items
+        self._queue: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="streamnorm-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, entry: tuple[Any, BaseException | None]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put((self._END, exc))
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item, exc = self._queue.get()
+            if exc is not None:
+                raise exc
+            if item is self._END:
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop the reader and wait for it (it finishes at most the piece it is decoding)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                while True:
+                    self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)
+
+    def __enter__(self) -> _Prefetch:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
 def _compute_table(shard: Shard, acc_options: dict[str, Any], read_threads: bool) -> ShardResult:
+    """Reduce a table shard; with ``read_threads``, the next piece is decoded during this one's reduction.
+
+    ``read_threads`` is the engine's word that cores are free (one worker,
+    or one shard); when every core already runs a shard of its own, a reader
+    thread would only compete with them and hand pieces over out of cache.
+    """
     reducer = _TableReducer(shard.options.columns, acc_options, shard.where)
-    for columns in shard.format.read_columns(shard, read_threads=read_threads):
-        reducer.update(columns)
+    pieces = shard.format.read_pieces(shard, read_threads=read_threads)
+    if not read_threads:
+        for first, columns in pieces:
+            reducer.update(columns, first)
+    else:
+        with _Prefetch(pieces) as ahead:
+            for first, columns in ahead:
+                reducer.update(columns, first)
     return ShardResult(shard.id, reducer.result(), reducer.rows, shard.nbytes)
 
 
@@ -469,15 +621,19 @@ def _column_images(
 
 
 class _TableReducer:
-    """Per-column statistics of a table's batches, one accumulator per dtype.
+    """Per-column statistics of a table's batches, one accumulator per dtype and run of columns.
 
-    Columns of one dtype are stacked into a ``(features, rows)`` buffer and
-    reduced in one call (layout ``"FN"``): one kernel call per dtype and batch
-    instead of one per column, and a single column is handed over without a
-    copy. Each dtype keeps its own statistics, so integer columns keep their
-    exact sums whatever the other columns hold. Integer columns with nulls
-    (``nan_policy="omit"``) are ragged for that batch: their values are reduced
-    column by column and merged exactly.
+    Batches come as pieces: some consecutive columns (a run starting at
+    column ``first``) of some rows. Columns of one dtype within a run go to
+    one accumulator (layout ``"FN"``) as a list
+    (:meth:`StatsAccumulator.update_columns`): each column is reduced where
+    Arrow decoded it, never copied into a stacked ``(features, rows)`` buffer.
+    A column's statistics depend only on its own values and batches, so they
+    are the same, bit for bit, however the columns are cut into runs. Each
+    dtype keeps its own statistics, so integer columns keep their exact sums
+    whatever the other columns hold. Integer columns with nulls
+    (``nan_policy="omit"``) are ragged for that batch: their values are
+    reduced column by column and merged exactly.
     """
 
     def __init__(self, names: Sequence[str], acc_options: dict[str, Any], where: str) -> None:
@@ -487,11 +643,11 @@ class _TableReducer:
         self.nan_policy = acc_options["nan_policy"]
         self.where = where
         self.rows = 0
-        self.groups: dict[np.dtype, list[int]] | None = None
-        self.accs: dict[np.dtype, Any] = {}
-        self.extra: dict[np.dtype, list[Stats]] = {}
+        # first column of a run -> dtype -> the run's columns of that dtype
+        self.groups: dict[int, dict[np.dtype, list[int]]] = {}
+        self.accs: dict[tuple[int, np.dtype], Any] = {}
+        self.extra: dict[tuple[int, np.dtype], list[Stats]] = {}
         self.nulls = np.zeros(len(self.names), np.int64)
-        self._buffers: dict[np.dtype, np.ndarray] = {}
 
     def _values(self, j: int, col: Any) -> tuple[np.ndarray, bool]:
         """Column ``j`` as numpy; ``True`` when nulls were dropped (ragged)."""
@@ -509,43 +665,36 @@ class _TableReducer:
             return _arrow_to_numpy(col.drop_null(), nulls_as_nan=False), True
         return _arrow_to_numpy(col, nulls_as_nan=True), False
 
-    def _accumulator(self, dtype: np.dtype) -> Any:
+    def _accumulator(self, members: Sequence[int]) -> Any:
         from ..accumulate import StatsAccumulator
 
-        assert self.groups is not None
-        names = [self.names[j] for j in self.groups[dtype]]
+        names = [self.names[j] for j in members]
         return StatsAccumulator(layout="FN", feature_names=names, **self.acc_options)
 
-    def update(self, columns: Sequence[Any]) -> None:
+    def update(self, columns: Sequence[Any], first: int = 0) -> None:
+        """Add columns ``first, first + 1, ...`` of some rows (rows are counted at column 0)."""
         n = len(columns[0]) if columns else 0
-        self.rows += n
+        if first == 0:
+            self.rows += n
         if n == 0:
             return
-        converted = [self._values(j, col) for j, col in enumerate(columns)]
-        if self.groups is None:
-            self.groups = {}
+        converted = [self._values(first + j, col) for j, col in enumerate(columns)]
+        groups = self.groups.get(first)
+        if groups is None:
+            groups = self.groups[first] = {}
             for j, (values, _ragged) in enumerate(converted):
-                self.groups.setdefault(values.dtype, []).append(j)
-            for dtype in self.groups:
-                self.accs[dtype] = self._accumulator(dtype)
-                self.extra[dtype] = []
-        for dtype, members in self.groups.items():
-            arrays = [converted[j][0] for j in members]
+                groups.setdefault(values.dtype, []).append(first + j)
+            for dtype, members in groups.items():
+                self.accs[first, dtype] = self._accumulator(members)
+                self.extra[first, dtype] = []
+        for dtype, members in groups.items():
+            arrays = [converted[j - first][0] for j in members]
             arrays = [a if a.dtype == dtype else a.astype(dtype) for a in arrays]
-            if any(converted[j][1] for j in members):
+            if any(converted[j - first][1] for j in members):
                 parts = [self._single(self.names[j], a) for j, a in zip(members, arrays)]
-                self.extra[dtype].append(concat_features(parts, "FN"))
+                self.extra[first, dtype].append(concat_features(parts, "FN"))
                 continue
-            if len(arrays) == 1:
-                stacked = arrays[0].reshape(1, -1)
-            else:
-                buf = self._buffers.get(dtype)
-                if buf is None or buf.shape != (len(arrays), n):
-                    buf = self._buffers[dtype] = np.empty((len(arrays), n), dtype)
-                for row, a in enumerate(arrays):
-                    buf[row] = a
-                stacked = buf
-            self.accs[dtype].update(stacked)
+            self.accs[first, dtype].update_columns(arrays)
 
     def _single(self, name: str, values: np.ndarray) -> Stats:
         from ..accumulate import StatsAccumulator
@@ -554,14 +703,20 @@ class _TableReducer:
         return acc.update(values.reshape(1, -1)).result()
 
     def result(self) -> tuple[Stats, ...]:
-        """One :class:`Stats` per dtype group (layout ``"NF"``); empty without rows."""
-        if self.groups is None:
-            return ()
+        """One :class:`Stats` per dtype (layout ``"NF"``, columns in order); empty without rows."""
+        runs: dict[np.dtype, list[tuple[int, list[int]]]] = {}
+        for first in sorted(self.groups):
+            for dtype, members in self.groups[first].items():
+                runs.setdefault(dtype, []).append((first, members))
         parts = []
-        for dtype, members in self.groups.items():
-            acc = self.accs[dtype]
-            pieces = ([acc.result()] if acc.n_batches else []) + self.extra[dtype]
-            stats = Stats.merge_all(pieces)
+        for dtype, pieces in runs.items():
+            stats_of_runs = []
+            for first, _members in pieces:
+                acc = self.accs[first, dtype]
+                merged = ([acc.result()] if acc.n_batches else []) + self.extra[first, dtype]
+                stats_of_runs.append(Stats.merge_all(merged))
+            stats = concat_features(stats_of_runs, "FN")
+            members = [j for _first, m in pieces for j in m]
             stats = replace(stats, layout="NF", nan_count=stats.nan_count + self.nulls[members])
             parts.append(stats)
         return tuple(parts)

@@ -21,8 +21,9 @@ import sys
 import numpy as np
 
 from . import _kernels as K
+from .stats import HISTOGRAM_BINS
 
-__all__ = ["int_moments", "grouping", "TARGET_LANES"]
+__all__ = ["int_moments", "hist_counts", "grouping", "TARGET_LANES", "HIST_LANES"]
 
 # Column layouts with few features are reduced as rows of about this many
 # lanes (k rows side by side), so the vectorized inner loop is long enough.
@@ -33,6 +34,9 @@ _KERNELS = {
     2: (K.u16_planes, K.u16_cols),
     4: (K.u32_planes, K.u32_cols),
 }
+# 8-bit histograms of few features are counted k rows side by side into about
+# this many 256-bin lanes: more would leave the L1 cache.
+HIST_LANES = 16
 # Pixels per group of whole uint32 words, per channel count.
 _PIXELS_PER_GROUP = {2: 2, 3: 4, 4: 1}
 # The word kernels name byte positions in little-endian order.
@@ -119,3 +123,32 @@ def int_moments(x: np.ndarray, xor: np.integer) -> tuple[np.ndarray, ...]:
     else:
         _cols(x2, xor, out)
     return tuple(out)
+
+
+def hist_counts(x: np.ndarray, xor: np.integer) -> np.ndarray:
+    """``(F, 256)`` counts of the bytes ``x ^ xor`` per feature of a uint8 ``(O, F, I)`` view.
+
+    Examples
+    --------
+    >>> hist_counts(np.array([[[0, 1, 1]]], np.uint8), np.uint8(0))[0, :3].tolist()
+    [1, 2, 0]
+    """
+    n_rows, n_feat, n_inner = x.shape
+    hist = np.zeros((n_feat, HISTOGRAM_BINS), np.int64)
+    if n_inner > 1:
+        K.u8_hist_planes(x, xor, hist)
+        return hist
+    x2 = x[:, :, 0]
+    k = max(1, HIST_LANES // n_feat)
+    main = (n_rows // k) * k if x2.strides == (n_feat, 1) else 0
+    if k > 1 and main:
+        # k rows side by side count into k histograms per feature: runs of
+        # equal values (flat image areas) no longer wait on one counter.
+        lanes = np.zeros((k * n_feat, HISTOGRAM_BINS), np.int64)
+        K.u8_hist_cols(x2[:main].reshape(main // k, k * n_feat), xor, lanes)
+        hist += lanes.reshape(k, n_feat, HISTOGRAM_BINS).sum(axis=0)
+    else:
+        main = 0
+    if main < n_rows:
+        K.u8_hist_cols(x2[main:], xor, hist)
+    return hist

@@ -8,7 +8,7 @@ any numeric dtype), reduces them with the numba kernels of
   bit-identical whatever the batching, threads or merge order;
 - float input (16/32/64-bit, torch bfloat16) and 64-bit integers accumulate in
   float64 about a per-feature shift, merged with Chan's update; values up to
-  the largest float64 never overflow an intermediate (see ``_float_task``).
+  the largest float64 never overflow an intermediate (see :func:`streamnorm._float_moments.float_moments`).
 
 Every batch enters through ``_as_array``: foreign byte order, ndarray
 subclasses (``np.matrix``, memmaps) and masked arrays are settled there, once,
@@ -27,7 +27,8 @@ import numpy as np
 from . import _kernels as K
 from . import _masked_kernels as MK
 from . import _masks
-from ._int_moments import grouping, int_moments
+from ._float_moments import float_moments, too_wide
+from ._int_moments import hist_counts, int_moments
 from ._sparse import is_sparse, update_sparse
 from .batch import Key, pick
 from .distribution import (
@@ -53,19 +54,9 @@ FLOAT_KIND = "float"
 # Below this many bytes a batch is reduced on the calling thread: thread
 # hand-off costs more than it saves.
 MIN_PARALLEL_BYTES = 1 << 20
-# 8-bit histograms of few features are counted k rows side by side into about
-# this many 256-bin lanes: more would leave the L1 cache.
-HIST_LANES = 16
 # Values per feature that pending int64 sums may absorb before they are
 # flushed into exact Python integers (see the overflow notes in _kernels).
 PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
-# Float overflow guards. While every |x - shift| < HUGE, a kernel's block sums
-# (at most 2**15 values) stay finite; features beyond are reduced again scaled
-# by 2**-SCALE_BITS. A feature whose range is wider than the largest float64
-# is accumulated about shift 0, so that ``mean - shift`` stays finite.
-HUGE = 2.0 ** 1000
-SCALE_BITS = 64
-_HALF_MAX = float(np.finfo(np.float64).max) * 0.5
 
 
 BFLOAT16 = "bfloat16"
@@ -243,15 +234,6 @@ def _propagated(skip: _Skip, count: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     lo = np.where(nan, np.nan, np.where(neg, -np.inf, lo))
     hi = np.where(nan, np.nan, np.where(pos, np.inf, hi))
     return count + skip.entered, lo, hi, nonfinite
-
-
-def _too_wide(lo: np.ndarray, hi: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Features with a nonzero shift whose finite range is wider than the largest float64."""
-    if float(hi.max(initial=-np.inf)) * 0.5 - float(lo.min(initial=np.inf)) * 0.5 <= _HALF_MAX:
-        return np.zeros(lo.shape, bool)  # (Python floats: a NaN or inf - inf fails quietly)
-    with np.errstate(invalid="ignore"):
-        return (np.isfinite(lo) & np.isfinite(hi) & (shift != 0)
-                & (hi * 0.5 - lo * 0.5 > _HALF_MAX))
 
 
 def _empty_union(a: tuple[int, np.dtype] | None, b: tuple[int, np.dtype]) -> tuple[int, np.dtype]:
@@ -934,34 +916,12 @@ class StatsAccumulator:
         unsigned = view.view(np.uint8)
         xor = np.uint8(-offset)  # maps an int8 (or bool) byte to its int8 bin
         hist = a["hist"]
-        for h in self._run(self._parts(unsigned), lambda x: self._hist_task(x, xor)):
+        for h in self._run(self._parts(unsigned), lambda x: hist_counts(x, xor)):
             hist += h
         a["count"] += unsigned.shape[0] * unsigned.shape[2]
         if skip is not None:  # the skipped values were counted as 0s
             hist[:, -offset] -= skip.masked
             a["count"] -= skip.masked
-
-    @staticmethod
-    def _hist_task(x: np.ndarray, xor: np.integer) -> np.ndarray:
-        n_rows, n_feat, n_inner = x.shape
-        hist = np.zeros((n_feat, HISTOGRAM_BINS), np.int64)
-        if n_inner > 1:
-            K.u8_hist_planes(x, xor, hist)
-            return hist
-        x2 = x[:, :, 0]
-        k = max(1, HIST_LANES // n_feat)
-        main = (n_rows // k) * k if x2.strides == (n_feat, 1) else 0
-        if k > 1 and main:
-            # k rows side by side count into k histograms per feature: runs of
-            # equal values (flat image areas) no longer wait on one counter.
-            lanes = np.zeros((k * n_feat, HISTOGRAM_BINS), np.int64)
-            K.u8_hist_cols(x2[:main].reshape(main // k, k * n_feat), xor, lanes)
-            hist += lanes.reshape(k, n_feat, HISTOGRAM_BINS).sum(axis=0)
-        else:
-            main = 0
-        if main < n_rows:
-            K.u8_hist_cols(x2[main:], xor, hist)
-        return hist
 
     def _flush(self) -> None:
         """Move pending int64 sums of offset values into the exact totals."""
@@ -998,7 +958,7 @@ class StatsAccumulator:
                 MK.first_kept_finite(view, keep, shift, has_shift)
 
         def reduce(shift: np.ndarray) -> list:
-            return self._run(parts, lambda x: self._float_task(x, shift, policy))
+            return self._run(parts, lambda x: float_moments(x, shift, policy))
 
         self._merge_float(first, reduce, index, skip)
 
@@ -1019,12 +979,12 @@ class StatsAccumulator:
             def column(j: int) -> int:
                 x = views[j]
                 if x.dtype.itemsize < 8 and x.shape[2] > 1:
-                    # _float_task's plain case (no float32 value is HUGE away from its shift),
+                    # float_moments' plain case (no float32 value is HUGE away from its shift),
                     # written straight into this column's slots: no per-column arrays
                     return K.float_planes(x, shift[j:j + 1], out[0][j:j + 1], out[1][j:j + 1],
                                           out[2][j:j + 1], out[3][j:j + 1], out[4][j:j + 1],
                                           out[5][j:j + 1], policy)
-                *part, bad = self._float_task(x, shift[j:j + 1], policy)
+                *part, bad = float_moments(x, shift[j:j + 1], policy)
                 for slot, value in zip(out, part):
                     slot[j] = value[0]
                 return bad
@@ -1067,7 +1027,7 @@ class StatsAccumulator:
             lo = np.where(np.isnan(plo) | np.isnan(lo), np.nan, np.fmin(lo, plo))
             hi = np.where(np.isnan(phi) | np.isnan(hi), np.nan, np.fmax(hi, phi))
         mean = a["mean"]
-        wide = _too_wide(lo, hi, shift)
+        wide = too_wide(lo, hi, shift)
         if wide.any():  # about shift 0 from now on: x - shift would overflow
             mean = np.where(wide, mean + shift, mean)
             shift = np.where(wide, 0.0, shift)
@@ -1081,80 +1041,6 @@ class StatsAccumulator:
         mean, m2 = _nonfinite_moments(mean, m2, lo, hi)
         a.update(count=count.astype(np.int64), mean=mean, m2=m2, min=lo, max=hi,
                  nan_count=nonfinite, shift=shift, has_shift=has_shift)
-
-    @staticmethod
-    def _float_task(part: Any, shift: np.ndarray, policy: int) -> tuple:
-        """Moments of one part (an array, or ``(array, keep)``) about ``shift``, safe up to the largest float64.
-
-        Features where some ``|x - shift|`` reaches ``HUGE`` are reduced
-        again, scaled by ``2**-SCALE_BITS`` (exact), so that no sum or
-        difference overflows unless the true result does; min and max stay
-        unscaled.
-        """
-        x, keep = part if isinstance(part, tuple) else (part, None)
-        out = list(StatsAccumulator._float_kernels(x, shift, policy, keep))
-        lo, hi, bad = out[4], out[5], out[6]
-        if bad >= 0 or x.dtype.itemsize < 8 or max(-lo.min(), hi.max(), np.abs(shift).max()) < HUGE / 2:
-            return tuple(out)  # no |x - shift| reaches HUGE (a NaN fails the test: look closer)
-        with np.errstate(invalid="ignore", over="ignore"):
-            huge = (np.isfinite(lo) & np.isfinite(hi)
-                    & (np.maximum(np.abs(lo - shift), np.abs(hi - shift)) >= HUGE))
-        if not huge.any():
-            return tuple(out)
-        down = 2.0 ** -SCALE_BITS
-        scaled = np.ascontiguousarray(x[:, huge, :], dtype=np.float64) * down
-        k = shift[huge] * down
-        sub_keep = None if keep is None else np.ascontiguousarray(keep[:, huge, :])
-        n, nf, mean, m2, slo, shi, _ = StatsAccumulator._float_kernels(scaled, k, policy, sub_keep)
-        mean = np.clip(mean, slo - k, shi - k)  # a rounded mean may not leave [min, max]
-        with np.errstate(over="ignore"):
-            out[2][huge] = mean * 2.0 ** SCALE_BITS
-            out[3][huge] = m2 * 2.0 ** (2 * SCALE_BITS)  # inf only where the true m2 is
-        out[0][huge], out[1][huge] = n, nf
-        return tuple(out)
-
-    @staticmethod
-    def _float_kernels(x: np.ndarray, shift: np.ndarray, policy: int, keep: np.ndarray | None = None) -> tuple:
-        """``(n, nonfinite, mean, m2, min, max, bad)`` of ``x``; of its kept values when ``keep`` is given."""
-        n_outer, n_feat, n_inner = x.shape
-
-        def fresh(width: int) -> list[np.ndarray]:
-            return [np.zeros(width), np.zeros(width, np.int64), np.zeros(width), np.zeros(width),
-                    np.full(width, np.inf), np.full(width, -np.inf)]
-
-        def cols(values: np.ndarray, kept: np.ndarray | None, k: np.ndarray, out: list[np.ndarray]) -> int:
-            if kept is None:
-                return K.float_cols(values, k, *out, policy)
-            n, _, mean, m2, lo, hi = out  # (no kept value is non-finite here)
-            MK.masked_float_cols(values, kept, k, n, mean, m2, lo, hi)
-            return -1
-
-        if n_inner > 1:
-            out = fresh(n_feat)
-            if keep is None:
-                bad = K.float_planes(x, shift, *out, policy)
-            else:
-                n, _, mean, m2, lo, hi = out
-                MK.masked_float_planes(x, keep, shift, n, mean, m2, lo, hi)
-                bad = -1
-            return (*out, bad)
-        x2 = x[:, :, 0]
-        keep2 = None if keep is None else keep[:, :, 0]
-        k = grouping(n_outer, n_feat, 8)
-        main = (n_outer // k) * k if k > 1 else 0
-        bad = -1
-        if main:
-            lanes = fresh(k * n_feat)
-            grouped = None if keep2 is None else keep2[:main].reshape(main // k, k * n_feat)
-            bad = cols(x2[:main].reshape(main // k, k * n_feat), grouped, np.tile(shift, k), lanes)
-            if bad >= 0:
-                return (*[lane[:n_feat] for lane in lanes], bad % n_feat)
-            out = list(K.fold_float_lanes(*lanes, n_feat))
-        else:
-            out = fresh(n_feat)
-        if main < n_outer:
-            bad = cols(x2[main:], None if keep2 is None else keep2[main:], shift, out)
-        return (*out, bad)
 
     def _name(self, feature: int) -> str:
         if self._feature_names is not None:
@@ -1238,7 +1124,7 @@ class StatsAccumulator:
             mean_a = a["mean"]
             with np.errstate(over="ignore", invalid="ignore"):
                 mean_b = b["mean"] + (b["shift"] - shift)
-                wide = _too_wide(lo, hi, shift) | _too_wide(lo, hi, b["shift"])
+                wide = too_wide(lo, hi, shift) | too_wide(lo, hi, b["shift"])
                 if wide.any():  # the shifts may be too far apart: both sides about 0
                     mean_a = np.where(wide, mean_a + a["shift"], mean_a)
                     mean_b = np.where(wide, b["mean"] + b["shift"], mean_b)

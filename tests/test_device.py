@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import streamnorm as sn
-from streamnorm.device import _BackgroundIterator, move_to_device
+from streamnorm._prefetch import Prefetch
+from streamnorm.device import move_to_device
 from streamnorm.errors import StreamnormError
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -137,18 +138,18 @@ def test_move_to_device_keeps_structure():
 
 def test_background_iterator_order_errors_and_close():
     before = threading.active_count()
-    got = list(_BackgroundIterator(iter(range(50)), lambda v: v * 2))
+    got = list(Prefetch(iter(range(50)), prepare=lambda v: v * 2))
     assert got == [2 * v for v in range(50)]
 
     def broken():
         yield 1
         raise ValueError("source broke at item 2")
 
-    it = iter(_BackgroundIterator(broken(), lambda v: v))
+    it = iter(Prefetch(broken(), prepare=lambda v: v))
     assert next(it) == 1
     with pytest.raises(ValueError, match="item 2"):
         next(it)
-    bg = _BackgroundIterator(iter(range(10**6)), lambda v: v)
+    bg = Prefetch(iter(range(10**6)), prepare=lambda v: v)
     assert next(iter(bg)) == 0
     bg.close()
     assert not bg._thread.is_alive()

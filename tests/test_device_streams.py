@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import streamnorm as sn
 from _fake_cuda import NORM, FakeCuda, FakePinning, fake_loader, fake_stage, gpu_tensor
-from streamnorm.device import _BackgroundIterator
+from streamnorm.device import _pinning
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -137,7 +137,7 @@ def test_pin_thread_runs_with_one_torch_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        seen = list(_BackgroundIterator(iter(range(4)), lambda _: torch.get_num_threads()))
+        seen = list(_pinning(iter(range(4)), None, prepare=lambda _: torch.get_num_threads()))
         assert seen == [1, 1, 1, 1]
         assert torch.get_num_threads() == 3  # the setting is the pin thread's own
     finally:

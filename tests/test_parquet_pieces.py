@@ -18,6 +18,7 @@ import pytest
 
 import streamnorm.sources.parquet as P
 from streamnorm import engine
+from streamnorm._prefetch import Prefetch
 from streamnorm.errors import NonFiniteError
 from streamnorm.sources import SourceError, open_source
 
@@ -164,7 +165,7 @@ def test_prefetch_stays_bounded_and_close_stops_an_endless_reader():
         finally:
             closed.set()
 
-    ahead = P._Prefetch(endless(), depth=1)
+    ahead = Prefetch(endless(), depth=1, name="streamnorm-reader")
     consumed = []
     for item in ahead:
         consumed.append(item)
@@ -184,7 +185,7 @@ def test_prefetch_reraises_the_readers_exception_after_its_items():
         yield 2
         raise SourceError("f.parquet (row group 1): cannot read Parquet data (boom)")
 
-    with P._Prefetch(failing()) as ahead:
+    with Prefetch(failing(), name="streamnorm-reader") as ahead:
         got = []
         with pytest.raises(SourceError, match=r"f\.parquet .*boom"):
             for item in ahead:

@@ -51,8 +51,6 @@ with :func:`~streamnorm.compute_stats` (``compute_stats(loader, key=0)``) or
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -60,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._prefetch import Prefetch
 from .batch import Key, pick, replace
 from .errors import StreamnormError
 from .normalize import Normalizer, _float_out, _from_numpy, _resolve_device
@@ -144,67 +143,18 @@ def _pin_and_mark(batch: Any) -> tuple[Any, dict[torch.device, Any]]:
     return _pin(batch), _producer_events(batch)
 
 
-class _BackgroundIterator:
-    """Iterates a source in a background thread, ``prepare``-ing each batch, ``depth`` ahead.
+def _pinning(source: Iterator[Any], device: torch.device | None,
+             prepare: Callable[[Any], Any] = _pin_and_mark) -> Prefetch:
+    """Batches of ``source`` pinned (``prepare``-d) on a background thread, two ahead."""
 
-    Exceptions of the source or of ``prepare`` are raised in the consumer;
-    :meth:`close` stops the thread (used for pinning host memory).
-    """
+    def setup() -> None:
+        # thread-local: pinning copies must not take every core from the training
+        # process (what DataLoader's own pin loop does)
+        torch.set_num_threads(1)
+        if device is not None and device.type == "cuda":
+            torch.cuda.set_device(device)  # work in our device's context, not cuda:0
 
-    _END = object()
-
-    def __init__(
-        self,
-        iterator: Iterator[Any],
-        prepare: Callable[[Any], Any],
-        device: torch.device | None = None,
-        depth: int = 2,
-    ) -> None:
-        self._it = iterator
-        self._prepare = prepare
-        self._device = device
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="streamnorm-pin", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: tuple[Any, BaseException | None]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            # thread-local: pinning copies must not take every core from the training
-            # process (what DataLoader's own pin loop does)
-            torch.set_num_threads(1)
-            if self._device is not None and self._device.type == "cuda":
-                torch.cuda.set_device(self._device)  # work in our device's context, not cuda:0
-            for batch in self._it:
-                if not self._put((self._prepare(batch), None)):
-                    return
-            self._put((self._END, None))
-        except Exception as exc:  # noqa: BLE001 -- handed to the consumer, raised there
-            self._put((None, exc))
-        finally:
-            self._it = None  # drop the source iterator (DataLoader workers) here
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            item, exc = self._queue.get()
-            if exc is not None:
-                raise exc
-            if item is self._END:
-                return
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    return Prefetch(source, depth=2, prepare=prepare, setup=setup, name="streamnorm-pin")
 
 
 def _check_key(key: Any) -> None:
@@ -488,8 +438,7 @@ class DeviceLoader:
     def _iter_cuda(self) -> Iterator[Any]:
         stage = self._stage
         source = iter(self.loader)  # created here, in the caller's thread (worker setup)
-        pinner = (_BackgroundIterator(source, _pin_and_mark, stage.device)
-                  if self._pin_memory else None)
+        pinner = _pinning(source, stage.device) if self._pin_memory else None
         # (batch, events marking the work that wrote its GPU tensors; None: the current streams)
         batches = iter(pinner) if pinner is not None else ((b, None) for b in source)
         try:
@@ -503,7 +452,7 @@ class DeviceLoader:
                 yield stage.hand_off(pending)
         finally:
             if pinner is not None:
-                pinner.close()
+                pinner.close(timeout=30)
 
     def __repr__(self) -> str:
         keys = list(self.normalizers)

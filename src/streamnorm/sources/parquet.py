@@ -19,14 +19,13 @@ compressed). What a file becomes:
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from .._prefetch import Prefetch
 from ..errors import LayoutError, NonFiniteError, StreamnormError
 from ..layout import parse_layout
 from ..stats import Stats
@@ -440,76 +439,6 @@ def _parquet_pieces(shard: Shard, read_threads: bool = True) -> Iterator[tuple[i
         pf.close()
 
 
-class _Prefetch:
-    """Items of an iterator produced ``depth`` ahead on a reader thread.
-
-    pyarrow decodes without the GIL and the kernels reduce without it, so
-    the next piece is decoded while this one is reduced. Memory stays
-    bounded: the reader waits while ``depth`` items are ready. An exception
-    of the reader (a :class:`SourceError` naming the file) is raised by the
-    consumer's loop, as if the iterator ran there. :meth:`close` (or leaving
-    the ``with`` block, on an error or Ctrl-C too) stops the reader, which
-    closes the iterator (and its file) on its own thread.
-    """
-
-    _END = object()
-
-    def __init__(self, items: Iterator[Any], depth: int = PREFETCH_DEPTH) -> None:
-        self._items = items
-        self._queue: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="streamnorm-reader", daemon=True)
-        self._thread.start()
-
-    def _put(self, entry: tuple[Any, BaseException | None]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self) -> None:
-        try:
-            for item in self._items:
-                if not self._put((item, None)):
-                    return
-            self._put((self._END, None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._put((self._END, exc))
-        finally:
-            close = getattr(self._items, "close", None)
-            if close is not None:
-                close()
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            item, exc = self._queue.get()
-            if exc is not None:
-                raise exc
-            if item is self._END:
-                return
-            yield item
-
-    def close(self) -> None:
-        """Stop the reader and wait for it (it finishes at most the piece it is decoding)."""
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                while True:
-                    self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            self._thread.join(timeout=0.05)
-
-    def __enter__(self) -> _Prefetch:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-
 def _compute_table(shard: Shard, acc_options: dict[str, Any], read_threads: bool) -> ShardResult:
     """Reduce a table shard; with ``read_threads``, the next piece is decoded during this one's reduction.
 
@@ -523,7 +452,7 @@ def _compute_table(shard: Shard, acc_options: dict[str, Any], read_threads: bool
         for first, columns in pieces:
             reducer.update(columns, first)
     else:
-        with _Prefetch(pieces) as ahead:
+        with Prefetch(pieces, depth=PREFETCH_DEPTH, name="streamnorm-reader") as ahead:
             for first, columns in ahead:
                 reducer.update(columns, first)
     return ShardResult(shard.id, reducer.result(), reducer.rows, shard.nbytes)

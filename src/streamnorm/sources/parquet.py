@@ -20,6 +20,7 @@ compressed). What a file becomes:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -346,6 +347,28 @@ def _open_parquet(shard: Shard) -> Any:
         ) from exc
 
 
+@contextmanager
+def _reading(shard: Shard, read_threads: bool) -> Iterator[tuple[Any, bool]]:
+    """The shard's open ``ParquetFile`` and whether to read it on threads; closed after.
+
+    Arrow's read errors leave as a :class:`SourceError` naming the shard.
+    """
+    import pyarrow as pa
+
+    pf = _open_parquet(shard)
+    # A threaded read of an in-memory buffer can abort the interpreter at
+    # exit (apache/arrow #34314), so only files pyarrow opens itself use threads.
+    threaded = read_threads and is_local(fs_of(shard.files[0].url, shard.storage_options)[0])
+    try:
+        yield pf, threaded
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        if isinstance(exc, StreamnormError):
+            raise
+        raise SourceError(f"{shard.where}: cannot read Parquet data ({one_line(exc)})") from exc
+    finally:
+        pf.close()
+
+
 def _table_batches(
     shard: Shard, columns: Sequence[str] | None = None, read_threads: bool = True
 ) -> Iterator[list[Any]]:
@@ -355,15 +378,9 @@ def _table_batches(
     are read whole (pyarrow's fastest path); larger ones in record
     batches of about ``batch_bytes``, which bounds memory.
     """
-    import pyarrow as pa
-
-    pf = _open_parquet(shard)
     names = list(columns if columns is not None else shard.options.columns)
-    # A threaded read of an in-memory buffer can abort the interpreter at
-    # exit (apache/arrow #34314), so only files pyarrow opens itself use threads.
-    threaded = read_threads and is_local(fs_of(shard.files[0].url, shard.storage_options)[0])
     wanted = set(names)
-    try:
+    with _reading(shard, read_threads) as (pf, threaded):
         meta = pf.metadata
         for i in range(shard.start, shard.stop):
             rg = meta.row_group(i)
@@ -377,14 +394,6 @@ def _table_batches(
             for rb in pf.iter_batches(batch_size=rows, row_groups=[i], columns=names,
                                       use_threads=threaded):
                 yield [rb.column(k) for k in range(rb.num_columns)]
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        if isinstance(exc, StreamnormError):
-            raise
-        raise SourceError(
-            f"{shard.where}: cannot read Parquet data ({one_line(exc)})"
-        ) from exc
-    finally:
-        pf.close()
 
 
 def _parquet_pieces(shard: Shard, read_threads: bool = True) -> Iterator[tuple[int, list[Any]]]:
@@ -396,15 +405,9 @@ def _parquet_pieces(shard: Shard, read_threads: bool = True) -> Iterator[tuple[i
     columns would cut them (so a column meets the same batches however the
     columns are cut into runs, and gets the same statistics).
     """
-    import pyarrow as pa
-
     names = list(shard.options.columns)
     position = {name: k for k, name in enumerate(names)}
-    pf = _open_parquet(shard)
-    # A threaded read of an in-memory buffer can abort the interpreter at
-    # exit (apache/arrow #34314), so only files pyarrow opens itself use threads.
-    threaded = read_threads and is_local(fs_of(shard.files[0].url, shard.storage_options)[0])
-    try:
+    with _reading(shard, read_threads) as (pf, threaded):
         meta = pf.metadata
         sizes = np.zeros((shard.stop - shard.start, len(names)), np.int64)
         for r, i in enumerate(range(shard.start, shard.stop)):
@@ -429,14 +432,6 @@ def _parquet_pieces(shard: Shard, read_threads: bool = True) -> Iterator[tuple[i
                 for rb in pf.iter_batches(batch_size=rows, row_groups=[i], columns=cols,
                                           use_threads=threaded):
                     yield first, [rb.column(k) for k in range(rb.num_columns)]
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        if isinstance(exc, StreamnormError):
-            raise
-        raise SourceError(
-            f"{shard.where}: cannot read Parquet data ({one_line(exc)})"
-        ) from exc
-    finally:
-        pf.close()
 
 
 def _compute_table(shard: Shard, acc_options: dict[str, Any], read_threads: bool) -> ShardResult:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._batch_input import FLOAT_KIND, classify, native
 from ._kernels import _jit
 from .errors import DTypeError, LayoutError, MaskError, NonFiniteError
 
@@ -183,12 +184,12 @@ def update_sparse(acc: StatsAccumulator, batch: Any, mask: Any = None) -> StatsA
     if rows == 0 or n_feat == 0:
         return acc.update(np.empty((rows, n_feat), source))
     acc._check_features(n_feat, index)
-    kind, values = A._classify(A._native(np.asarray(data)), index)
+    kind, values = classify(native(np.asarray(data)), index)
     acc._check_dtype(kind, source, index, None)
     part = A.StatsAccumulator(acc.layout, acc._feature_names, acc.histogram, acc.nan_policy)
     part._start(kind, n_feat, A.family(source) if acc.histogram else None)
     a = part._arrays
-    if kind == A.FLOAT_KIND:
+    if kind == FLOAT_KIND:
         _fill_float(acc, a, values, cols, rows, n_feat, index)
     elif acc.histogram:
         offset = A._bin_offset(acc._promoted(source))
@@ -237,7 +238,7 @@ def _fill_float(acc: StatsAccumulator, a: dict[str, np.ndarray], values: np.ndar
     # The shift: the accumulator's own where it has one (no re-basing at the merge), else 0
     # when the column holds zeros, else its first finite stored value (offset data keeps its digits).
     b = acc._arrays
-    own = b["has_shift"].astype(bool) if acc._kind == A.FLOAT_KIND else np.zeros(n_feat, bool)
+    own = b["has_shift"].astype(bool) if acc._kind == FLOAT_KIND else np.zeros(n_feat, bool)
     first, has_first = np.zeros(n_feat), np.zeros(n_feat, np.uint8)
     stored = np.zeros(n_feat, np.int64)
     _first_finite(values, cols, first, has_first, stored)

@@ -10,7 +10,7 @@ any numeric dtype), reduces them with the numba kernels of
   float64 about a per-feature shift, merged with Chan's update; values up to
   the largest float64 never overflow an intermediate (see :func:`streamnorm._float_moments.float_moments`).
 
-Every batch enters through ``_as_array``: foreign byte order, ndarray
+Every batch enters through :func:`streamnorm._batch_input.as_array`: foreign byte order, ndarray
 subclasses (``np.matrix``, memmaps) and masked arrays are settled there, once,
 for every caller. A batch that fails leaves the state as it was.
 """
@@ -27,6 +27,7 @@ import numpy as np
 from . import _kernels as K
 from . import _masked_kernels as MK
 from . import _masks
+from ._batch_input import BFLOAT16, FLOAT_KIND, INT_KIND, as_array, classify
 from ._float_moments import float_moments, too_wide
 from ._int_moments import hist_counts, int_moments
 from ._sparse import is_sparse, update_sparse
@@ -48,8 +49,6 @@ from .stats import HISTOGRAM_BINS, Stats, chan_merge, exact_moments_array
 __all__ = ["StatsAccumulator", "compute_stats", "update_with_mask", "check_mask_key"]
 
 NAN_POLICIES = {"raise": K.POLICY_RAISE, "omit": K.POLICY_OMIT, "propagate": K.POLICY_PROPAGATE}
-INT_KIND = "int"
-FLOAT_KIND = "float"
 
 # Below this many bytes a batch is reduced on the calling thread: thread
 # hand-off costs more than it saves.
@@ -58,8 +57,6 @@ MIN_PARALLEL_BYTES = 1 << 20
 # flushed into exact Python integers (see the overflow notes in _kernels).
 PENDING_LIMIT = {1: 1 << 46, 2: 1 << 30, 4: 1 << 30}
 
-
-BFLOAT16 = "bfloat16"
 
 
 class _Skip:
@@ -81,78 +78,6 @@ class _Skip:
         self.keep: np.ndarray | None = None
         self.entered: np.ndarray | None = None
         self.flags: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-
-def _as_array(batch: Any, index: int) -> tuple[np.ndarray, str | None]:
-    """A native-byte-order numpy view of a batch, and its dtype name when numpy has none.
-
-    Every batch enters here, so byte order and ndarray subclasses are settled
-    once for every caller (sources, nodes, the command line); the mask of a
-    masked array is read by :func:`_batch_keep`.
-    """
-    if isinstance(batch, np.ndarray):
-        return _native(_plain(batch)), None
-    if type(batch).__module__.startswith("torch") and hasattr(batch, "detach"):
-        tensor = batch.detach()
-        if tensor.device.type != "cpu":
-            raise StreamnormError(
-                f"batch {index} is on {tensor.device}; statistics are computed on the CPU, "
-                f"so accumulate before moving batches to the device (or pass batch.cpu())"
-            )
-        import torch
-
-        name = None
-        if tensor.dtype == torch.bfloat16:
-            # numpy has no bfloat16; its values are exactly float32 values
-            tensor, name = tensor.float(), BFLOAT16
-        if tensor.is_conj() or tensor.is_neg():
-            tensor = tensor.resolve_conj().resolve_neg()
-        try:
-            return tensor.numpy(), name
-        except TypeError as exc:  # complex, quantized... dtypes numpy cannot hold
-            raise DTypeError(f"batch {index} has unsupported dtype {tensor.dtype}: {exc}") from None
-    if isinstance(batch, (int, float, bool, np.generic, list)):
-        return _native(np.asarray(batch)), None
-    raise DTypeError(
-        f"batch {index} is a {type(batch).__name__}; pass a numpy array or a CPU torch tensor "
-        f"(for tuple or dict batches, say which element with key=)"
-    )
-
-
-def _plain(batch: np.ndarray) -> np.ndarray:
-    """A base-class ndarray: subclasses (matrix, memmap) reshape or index differently."""
-    if isinstance(batch, np.ma.MaskedArray):
-        return np.asarray(batch.data)
-    return np.asarray(batch) if type(batch) is not np.ndarray else batch
-
-
-def _native(arr: np.ndarray) -> np.ndarray:
-    """``arr`` in native byte order (the kernels read raw native words)."""
-    if arr.dtype.isnative:
-        return arr
-    return arr.astype(arr.dtype.newbyteorder("="))
-
-
-def _classify(arr: np.ndarray, index: int) -> tuple[str, np.ndarray]:
-    """Which path a dtype takes, and the array in the dtype the kernels read."""
-    kind = arr.dtype.kind
-    size = arr.dtype.itemsize
-    if kind == "b":
-        return INT_KIND, arr.view(np.uint8)
-    if kind in "iu" and size in (1, 2, 4):
-        return INT_KIND, arr
-    if kind in "iu":  # 64-bit integers: exact only up to 2**53, documented
-        return FLOAT_KIND, arr.astype(np.float64)
-    if kind == "f":
-        if size == 2:
-            return FLOAT_KIND, arr.astype(np.float32)
-        if size > 8:
-            return FLOAT_KIND, arr.astype(np.float64)
-        return FLOAT_KIND, arr
-    raise DTypeError(
-        f"batch {index} has dtype {arr.dtype}, which has no statistics; pass numeric data "
-        f"(bool, integers or floats), e.g. decode strings or objects first"
-    )
 
 
 def _nonfinite_moments(mean: np.ndarray, m2: np.ndarray, lo: np.ndarray,
@@ -486,10 +411,10 @@ class StatsAccumulator:
         if is_sparse(batch):  # stored values reduced, implicit zeros counted: never densified
             return update_sparse(self, batch, mask)
         index = self._n_batches
-        arr, name = _as_array(batch, index)
+        arr, name = as_array(batch, index)
         keep = _masks.batch_keep(batch, arr, mask, self._ignore_value, index)
         source_dtype = arr.dtype
-        kind, arr = _classify(arr, index)
+        kind, arr = classify(arr, index)
         try:
             view = as_reduction_view(arr, self._layout)
             kept = None if keep is None else _keep_view(arr, keep, self._layout)
@@ -608,7 +533,7 @@ class StatsAccumulator:
         arrays: list[np.ndarray] = []
         names = set()
         for j, col in enumerate(columns):
-            arr, name = _as_array(col, index)
+            arr, name = as_array(col, index)
             if arr.ndim != 1:
                 raise LayoutError(
                     f"batch {index}: column {j} has shape {tuple(arr.shape)}; update_columns takes "
@@ -635,7 +560,7 @@ class StatsAccumulator:
             return self.update(np.stack(arrays, axis=feature_axis))
         name = BFLOAT16 if names == {BFLOAT16} else None  # (bfloat16 columns are held as float32)
         source_dtype = dtype
-        kinds = [_classify(a, index) for a in arrays]
+        kinds = [classify(a, index) for a in arrays]
         kind = kinds[0][0]
         views = [np.ascontiguousarray(a).reshape(1, 1, -1) for _, a in kinds]
         self._check_dtype(kind, source_dtype, index, name)
@@ -1210,7 +1135,7 @@ class StatsAccumulator:
     def _empty_result(self) -> Stats:
         """count-0 statistics of the features of the empty batches seen."""
         n_feat, dtype = self._empty
-        kind, _ = _classify(np.empty(0, dtype), self._n_batches)
+        kind, _ = classify(np.empty(0, dtype), self._n_batches)
         probe = StatsAccumulator(self.layout, self._feature_names, self._histogram, self._nan_policy,
                                  quantile_error=self._quantile_error)
         probe._start(kind, n_feat, family(dtype) if self._histogram else None)

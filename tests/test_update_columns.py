@@ -185,7 +185,7 @@ def test_empty_columns_count_a_batch_and_fix_nothing():
 
 
 def test_torch_columns():
-    torch = pytest.importorskip("torch")
+    import torch
     columns = [torch.arange(5, dtype=torch.bfloat16), torch.ones(5, dtype=torch.bfloat16)]
     acc = sn.StatsAccumulator("NF").update_columns(columns)
     assert acc.dtype_name == "bfloat16"
@@ -225,7 +225,7 @@ def test_int_after_float_batches_is_refused_as_by_update():
 
 def test_parquet_reader_does_not_stack_columns(tmp_path, monkeypatch):
     """The table reducer hands Arrow's column buffers over as they are."""
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from streamnorm import engine

@@ -28,7 +28,7 @@ from . import _kernels as K
 from . import _masked_kernels as MK
 from ._int_moments import grouping
 
-__all__ = ["float_moments", "too_wide", "HUGE", "SCALE_BITS"]
+__all__ = ["float_moments", "fresh_moments", "too_wide", "HUGE", "SCALE_BITS"]
 
 HUGE = 2.0 ** 1000
 SCALE_BITS = 64
@@ -82,7 +82,8 @@ def float_moments(part: Any, shift: np.ndarray, policy: int) -> tuple:
     return tuple(out)
 
 
-def _fresh(width: int) -> list[np.ndarray]:
+def fresh_moments(width: int) -> list[np.ndarray]:
+    """Empty ``(n, nonfinite, mean, m2, min, max)`` partials of ``width`` features, as the kernels fill them."""
     return [np.zeros(width), np.zeros(width, np.int64), np.zeros(width), np.zeros(width),
             np.full(width, np.inf), np.full(width, -np.inf)]
 
@@ -99,7 +100,7 @@ def _moments(x: np.ndarray, shift: np.ndarray, policy: int, keep: np.ndarray | N
     """``(n, nonfinite, mean, m2, min, max, bad)`` of ``x``; of its kept values when ``keep`` is given."""
     n_outer, n_feat, n_inner = x.shape
     if n_inner > 1:
-        out = _fresh(n_feat)
+        out = fresh_moments(n_feat)
         if keep is None:
             bad = K.float_planes(x, shift, *out, policy)
         else:
@@ -113,14 +114,14 @@ def _moments(x: np.ndarray, shift: np.ndarray, policy: int, keep: np.ndarray | N
     main = (n_outer // k) * k if k > 1 else 0
     bad = -1
     if main:
-        lanes = _fresh(k * n_feat)
+        lanes = fresh_moments(k * n_feat)
         grouped = None if keep2 is None else keep2[:main].reshape(main // k, k * n_feat)
         bad = _cols(x2[:main].reshape(main // k, k * n_feat), grouped, np.tile(shift, k), lanes, policy)
         if bad >= 0:
             return (*[lane[:n_feat] for lane in lanes], bad % n_feat)
         out = list(K.fold_float_lanes(*lanes, n_feat))
     else:
-        out = _fresh(n_feat)
+        out = fresh_moments(n_feat)
     if main < n_outer:
         bad = _cols(x2[main:], None if keep2 is None else keep2[main:], shift, out, policy)
     return (*out, bad)

@@ -5,8 +5,9 @@ Every kernel fills fresh per-call partial arrays; the caller merges partials
 of shared state, makes a failed batch leave the running state untouched, and
 lets Python threads run kernels in parallel without ``prange`` races.
 
-All integer kernels share one signature, ``(x, xor, s, q0, q1, q2, mn, mx)``;
-only the 32-bit ones use ``q1``/``q2``.
+The plane and column kernels share one signature, ``(x, xor, s, q0, q1, q2,
+mn, mx)``; only the 32-bit ones use ``q1``/``q2``. The pixel kernels
+(``u8_words``, ``u8_rgb``) take uint32 words and the xor in every byte.
 
 Integer kernels see *unsigned* views: a signed batch is read through its
 unsigned view and XOR-ed with the sign bit, which maps ``v`` to ``v + 2**(b-1)``
@@ -14,9 +15,11 @@ without a copy. Sums of those offsets are exact, and the caller converts them
 back with exact integer arithmetic. Chunk sizes keep every narrow accumulator
 from overflowing:
 
-- 8-bit planes: uint32 sums over 65536 values (255**2 * 65536 < 2**32);
+- 8-bit planes and words: uint32 sums over 65536 values (255**2 * 65536 < 2**32);
+  RGB: 16384 groups of four pixels;
 - 8-bit columns: uint16 sums over 256 rows, uint32 squares over 65536 rows;
-- 16-bit: int64 squares (each < 2**32), the caller bounds values per call;
+- 16-bit: uint32 sums over 65536 values, uint64 squares (each < 2**32); the
+  caller bounds values per call;
 - 32-bit: ``u = h * 2**16 + l`` and ``u**2 = h*h*2**32 + h*l*2**17 + l*l``,
   three int64 sums whose terms are each < 2**32.
 

@@ -28,7 +28,7 @@ from . import _kernels as K
 from . import _masked_kernels as MK
 from . import _masks
 from ._batch_input import BFLOAT16, FLOAT_KIND, INT_KIND, as_array, classify
-from ._float_moments import float_moments, too_wide
+from ._float_moments import float_moments, fresh_moments, too_wide
 from ._int_moments import hist_counts, int_moments
 from ._sparse import is_sparse, update_sparse
 from .batch import Key, pick
@@ -897,9 +897,7 @@ class StatsAccumulator:
                     K.first_finite(x, shift[j:j + 1], has_shift[j:j + 1])
 
         def reduce(shift: np.ndarray) -> list:
-            width = len(views)
-            out = [np.zeros(width), np.zeros(width, np.int64), np.zeros(width), np.zeros(width),
-                   np.full(width, np.inf), np.full(width, -np.inf)]
+            out = fresh_moments(len(views))
 
             def column(j: int) -> int:
                 x = views[j]
@@ -923,9 +921,7 @@ class StatsAccumulator:
         """``worker(j)`` for every column ``j``, in threads when worthwhile; results in order."""
         if self._threads == 1 or sum(v.nbytes for v in views) < MIN_PARALLEL_BYTES:
             return [worker(j) for j in range(len(views))]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="streamnorm")
-        return list(self._pool.map(worker, range(len(views))))
+        return self._run(list(range(len(views))), worker)
 
     def _merge_float(self, first, reduce, index: int, skip: _Skip | None) -> None:
         """Reduce a float batch about each feature's shift and merge it into the state.

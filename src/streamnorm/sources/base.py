@@ -358,7 +358,7 @@ class Format:
         return "rows"
 
     def decodes(self, options: ReadOptions) -> bool:
-        """Whether reading holds the GIL (decoding in Python/Pillow): shards then run in processes."""
+        """Whether reading decodes images (their pixels, hence the statistics, depend on the decoder)."""
         return False
 
     def holds_gil(self, source: Source) -> bool:
@@ -536,7 +536,7 @@ class Source:
 
     @property
     def decodes(self) -> bool:
-        """Whether reading holds the GIL (image decoding): shards then run in processes."""
+        """Whether reading decodes images: the stored statistics then name the decoder."""
         return self.format.decodes(self.options)
 
     @property

@@ -43,6 +43,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_cpu  # noqa: E402
+from _report import md_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "data" / "photos"
@@ -220,22 +221,16 @@ def main() -> None:
          f"Pillow in {len(labels)} configurations; one thread, files in memory, CPU time, "
          f"median of {args.repeat} interleaved runs. `python benchmarks/bench_jpeg.py`"),
         "",
-        _md_table(rows),
+        md_table(rows),
         "",
         "## Pixel identity with Pillow, per configuration (every photo decoded to the same array)",
         "",
-        _md_table(config_rows),
+        md_table(config_rows),
         "",
     ]
     (RESULTS / "jpeg.md").write_text("\n".join(md))
     print("\n".join(md))
 
-
-def _md_table(rows: list[dict]) -> str:
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe_cpu  # noqa: E402
+from _report import md_table  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -281,7 +282,7 @@ def images_only(args: argparse.Namespace) -> None:
         "",
         f"## {n_images} PNGs ({img_bytes / 2**20:.0f} MiB), {IMAGE_SIZE}x{IMAGE_SIZE} RGB",
         "",
-        _md_table(rows),
+        md_table(rows),
         "",
         (f"streamnorm takes **{ratio:.2f}x** the time of Pillow decoding only in {workers} "
          f"processes (target: 1.15x) and **{cpu_ratio:.2f}x** its CPU time. The new-interpreter "
@@ -502,7 +503,7 @@ def main() -> None:
         (f"Load average (1 min) before and after these runs: {load_before:.2f}, "
          f"{load_after:.2f} (other work shared the cores: compare the CPU columns)."),
         "",
-        _md_table(rows),
+        md_table(rows),
         "",
         (f"streamnorm takes **{ratio:.2f}x** the fastest pyarrow read-only time (target: "
          f"1.2x) and **{sn_s / default_read:.2f}x** a default `pq.read_table`; polars takes "
@@ -516,11 +517,11 @@ def main() -> None:
         (f"## Images: {n_images} PNGs ({img_bytes / 2**20:.0f} MiB), {IMAGE_SIZE}x{IMAGE_SIZE} "
          f"RGB"),
         "",
-        _md_table(img_rows),
+        md_table(img_rows),
         "",
         "## Peak memory of streamnorm compute (fresh process) vs data size",
         "",
-        _md_table(rss),
+        md_table(rss),
         "",
         ("RSS includes the pages of the memory-mapped file being read (page cache that the "
          "kernel can drop); anonymous RSS is the process's own memory."),
@@ -529,12 +530,6 @@ def main() -> None:
     (RESULTS / "offline.md").write_text("\n".join(md))
     print("\n".join(md))
 
-
-def _md_table(rows: list[dict]) -> str:
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
 
 
 if __name__ == "__main__":
